@@ -1,0 +1,3 @@
+/** lazy-pages: the library entry point for orchestrators. */
+export { UserError } from './errors.js';
+export { nativeVersion } from './native/index.js';
