@@ -1,5 +1,7 @@
 import type { CommandModule } from 'yargs';
+import { inspectCommand } from './inspect.js';
+import { synthCommand } from './synth.js';
 
 /** Every `lazy-pages` sub-command, in the order --help lists them. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<any, any>[] = [];
+export const commands: CommandModule<any, any>[] = [inspectCommand, synthCommand];
