@@ -1,0 +1,490 @@
+/**
+ * The lazy-pages daemon as a library: `startLazyPagesDaemon()` is what `lazy-pages daemon` runs and
+ * what an orchestrator embeds instead of `criu lazy-pages`.
+ *
+ * It listens on `<workDir>/lazy-pages.socket`, takes each restored task's userfaultfd as CRIU hands
+ * it over, gives it to the native event loop (which serves faults from a translation table at once,
+ * off the JS thread), applies every FORK/REMAP/UNMAP/REMOVE to the per-process state and re-installs
+ * the table, and after "restore finished" streams the rest in the background. It resolves `done`
+ * when every process has all its pages; it never closes a uffd while its process is still owed data
+ * (such a process is SIGKILLed first, and the reason is reported).
+ */
+import { accessSync, constants as fsConstants, readdirSync, readFileSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+
+import { UserError } from '../errors.js';
+import { Checkpoint, PAGE_SIZE } from '../images/index.js';
+import { EventLoop, HandoverListener, PageImage, type HandoverEvent, type NativeEvent } from '../native/index.js';
+import type { DaemonEvent, DaemonSummary, ProcessReport } from './events.js';
+import { ProcessState } from './process-state.js';
+
+const PAGE = BigInt(PAGE_SIZE);
+export const SOCKET_NAME = 'lazy-pages.socket';
+
+export interface DaemonOptions {
+  /** The checkpoint (`criu dump -D`). */
+  imagesDir: string;
+  /** Where `lazy-pages.socket` is created; CRIU's default is the images dir. */
+  workDir?: string;
+  /** Stream the pages nobody faulted on after "restore finished" (default true). */
+  background?: boolean;
+  /** Largest background request, bytes (default 4 MiB). */
+  chunkBytes?: number;
+  /** Background requests kept queued in the native core per process (default 2). */
+  queueDepth?: number;
+  /** Called for every daemon event, synchronously, on the JS thread. */
+  onEvent?: (e: DaemonEvent) => void;
+}
+
+export interface LazyPagesDaemon {
+  /** Absolute path of the hand-over socket. */
+  readonly socketPath: string;
+  /** Resolves when every process is done; rejects (a UserError) when the restore failed. */
+  readonly done: Promise<DaemonSummary>;
+  /** Subscribe to events; returns an unsubscribe function. */
+  on(listener: (e: DaemonEvent) => void): () => void;
+  /** Stop now. Processes still owed pages are SIGKILLed first: none is left to read zeros. */
+  close(reason?: string): Promise<void>;
+}
+
+interface Request {
+  st: ProcessState;
+  firstPage: number;
+  pages: number;
+}
+
+/** Start a lazy-pages daemon. Resolves once the socket listens (the restorer may connect). */
+export async function startLazyPagesDaemon(opts: DaemonOptions): Promise<LazyPagesDaemon> {
+  const imagesDir = resolve(opts.imagesDir);
+  const workDir = resolve(opts.workDir ?? imagesDir);
+  checkWorkDir(workDir);
+  const checkpoint = await Checkpoint.open(imagesDir);
+  const remote = checkpoint.processes.filter((p) => p.lazyRanges.some((r) => r.location.kind === 'remote'));
+  if (remote.length > 0) {
+    throw new UserError(
+      'EREMOTE',
+      `${imagesDir} was dumped with --lazy-pages: the lazy pages of pid ${remote[0].pid} are only on the page server; ` +
+        'pass --page-server --address A --port P',
+    );
+  }
+  const d = new Daemon(checkpoint, workDir, opts);
+  d.start();
+  return d;
+}
+
+function checkWorkDir(dir: string): void {
+  let st;
+  try {
+    st = statSync(dir);
+  } catch {
+    throw new UserError('EWORKDIR', `work dir ${dir} does not exist`);
+  }
+  if (!st.isDirectory()) throw new UserError('EWORKDIR', `work dir ${dir} is not a directory`);
+  try {
+    accessSync(dir, fsConstants.W_OK | fsConstants.X_OK);
+  } catch {
+    throw new UserError('EWORKDIR', `work dir ${dir} is not writable: ${SOCKET_NAME} cannot be created there`);
+  }
+}
+
+class Daemon implements LazyPagesDaemon {
+  readonly socketPath: string;
+  readonly done: Promise<DaemonSummary>;
+  private resolveDone!: (s: DaemonSummary) => void;
+  private rejectDone!: (e: Error) => void;
+  private readonly listeners = new Set<(e: DaemonEvent) => void>();
+  private readonly loop: EventLoop;
+  private listener?: HandoverListener;
+  private readonly states = new Map<number, ProcessState>();
+  /** Real pid to kill for each native procId (image pid, or the pid found for a forked child). */
+  private readonly killPid = new Map<number, number>();
+  private readonly reports: ProcessReport[] = [];
+  private readonly images = new Map<string, number>();
+  private readonly pageImages: PageImage[] = [];
+  private readonly requests = new Map<number, Request>();
+  private nextReq = 1;
+  private finished = false;
+  private ended = false;
+  private readonly startedAt = performance.now();
+  private readonly background: boolean;
+  private readonly chunkPages: number;
+  private readonly queueDepth: number;
+  private readonly lastProgress = new Map<number, number>();
+
+  constructor(
+    private readonly checkpoint: Checkpoint,
+    private readonly workDir: string,
+    opts: DaemonOptions,
+  ) {
+    this.socketPath = join(workDir, SOCKET_NAME);
+    this.background = opts.background ?? true;
+    this.chunkPages = Math.max(1, Math.floor((opts.chunkBytes ?? 4 << 20) / PAGE_SIZE));
+    this.queueDepth = Math.max(1, opts.queueDepth ?? 2);
+    if (opts.onEvent) this.listeners.add(opts.onEvent);
+    this.done = new Promise((res, rej) => {
+      this.resolveDone = res;
+      this.rejectDone = rej;
+    });
+    // An embedder that only awaits `done` later must not see an unhandled rejection meanwhile.
+    this.done.catch(() => undefined);
+    this.loop = new EventLoop((batch) => this.guard(() => this.onNative(batch)));
+  }
+
+  start(): void {
+    this.listener = HandoverListener.listen(this.workDir, (ev) => this.guard(() => this.onHandover(ev)));
+    this.emit({ type: 'listening', socket: this.socketPath });
+  }
+
+  on(listener: (e: DaemonEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  async close(reason = 'the daemon was stopped'): Promise<void> {
+    if (this.ended) return;
+    const owed = [...this.states.values()].filter((s) => s.status === 'serving');
+    if (owed.length === 0 && this.finished) {
+      this.finish();
+      return;
+    }
+    this.fail(new UserError('ESTOPPED', reason));
+  }
+
+  private emit(e: DaemonEvent): void {
+    for (const l of this.listeners) l(e);
+  }
+
+  /** Run a handler; an unexpected error fails the restore safely instead of escaping into the event loop. */
+  private guard(fn: () => void): void {
+    if (this.ended) return;
+    try {
+      fn();
+    } catch (e) {
+      this.fail(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+
+  private imageId(file: string): number {
+    let id = this.images.get(file);
+    if (id === undefined) {
+      const img = PageImage.open(file);
+      this.pageImages.push(img);
+      id = this.loop.addImage(img);
+      this.images.set(file, id);
+    }
+    return id;
+  }
+
+  // ---------------------------------------------------------------- hand-over
+
+  private onHandover(ev: HandoverEvent): void {
+    switch (ev.type) {
+      case 'connected':
+        return;
+      case 'task': {
+        const image = this.checkpoint.process(ev.pid);
+        if (!image) {
+          // We cannot serve it: it must not run on zeros. Kill it before its uffd closes.
+          killQuietly(ev.pid);
+          ev.uffd.close();
+          throw new UserError('EHANDOVER', `the restorer handed over pid ${ev.pid}, which has no images in ${this.checkpoint.dir}`);
+        }
+        if ([...this.states.values()].some((s) => s.pid === ev.pid && s.parent === undefined)) {
+          killQuietly(ev.pid);
+          ev.uffd.close();
+          throw new UserError('EHANDOVER', `the restorer handed over pid ${ev.pid} twice`);
+        }
+        const procId = this.loop.addProcess(ev.uffd, ev.pid);
+        const st = ProcessState.attach(procId, image);
+        this.states.set(procId, st);
+        this.killPid.set(procId, ev.pid);
+        this.install(st);
+        this.emit({ type: 'attached', pid: ev.pid, lazyPages: st.index.totalPages });
+        return;
+      }
+      case 'zombie':
+        if (!this.checkpoint.process(ev.pid)) {
+          this.emit({ type: 'warning', message: `zombie pid ${ev.pid} is not in ${this.checkpoint.dir}/pstree.img` });
+        }
+        this.emit({ type: 'zombie', pid: ev.pid });
+        return;
+      case 'finished': {
+        this.finished = true;
+        this.emit({ type: 'restore-finished' });
+        this.listener?.close();
+        this.listener = undefined;
+        this.pump();
+        return;
+      }
+      case 'refused':
+        this.emit({ type: 'warning', message: ev.message });
+        return;
+      case 'error':
+        if (!this.finished) throw new UserError('EHANDOVER', `restore failed during the hand-over: ${ev.message}`);
+        this.emit({ type: 'warning', message: ev.message });
+        return;
+    }
+  }
+
+  // ---------------------------------------------------------------- native events
+
+  private onNative(batch: NativeEvent[]): void {
+    const dirty = new Set<ProcessState>();
+    const served = new Map<ProcessState, { pages: number; zero: number }>();
+    for (const ev of batch) {
+      const st = this.states.get(ev.procId);
+      if (!st || st.status !== 'serving') {
+        if (ev.type === 'fork') this.adoptOrphanFork(ev.childProcId);
+        continue;
+      }
+      switch (ev.type) {
+        case 'served': {
+          const pages = Number(ev.len / PAGE);
+          const s = served.get(st) ?? { pages: 0, zero: 0 };
+          if (ev.how === 'copy') {
+            st.settleImage(ev.image, ev.len);
+            st.counters.onDemandPages += pages;
+            st.counters.bytes += pages * PAGE_SIZE;
+            s.pages += pages;
+          } else {
+            st.counters.zeroPages += pages;
+            s.zero += pages;
+          }
+          st.noteFault(ev.live);
+          served.set(st, s);
+          break;
+        }
+        case 'pagefault':
+          // Only remote ranges are forwarded, and this build serves local images only.
+          this.lose(st, `fault at 0x${ev.address.toString(16)} needs a page server, and none is configured`);
+          break;
+        case 'fork': {
+          const child = st.fork(ev.childProcId);
+          this.states.set(ev.childProcId, child);
+          const childPid = findNewChild(this.killPid.get(st.procId), new Set(this.killPid.values()));
+          if (childPid !== undefined) this.killPid.set(ev.childProcId, childPid);
+          dirty.add(st);
+          dirty.add(child);
+          this.emit({ type: 'fork', pid: st.pid, childPid });
+          break;
+        }
+        case 'remap':
+          st.applyRemap(ev.from, ev.to, ev.len);
+          dirty.add(st);
+          break;
+        case 'remove':
+          // CRIU unregisters the range so later reads get zeros from the kernel, then drops it.
+          this.loop.unregister(st.procId, ev.start, ev.end - ev.start);
+          st.applyDrop(ev.start, ev.end);
+          dirty.add(st);
+          break;
+        case 'unmap':
+          st.applyDrop(ev.start, ev.end);
+          dirty.add(st);
+          break;
+        case 'done':
+          this.completed(st, ev);
+          break;
+        case 'exit':
+        case 'gone':
+          this.exited(st);
+          break;
+      }
+    }
+    for (const st of dirty) if (st.status === 'serving') this.install(st);
+    for (const [st, s] of served) this.emit({ type: 'served', pid: st.pid, pages: s.pages, zeroPages: s.zero });
+    this.pump();
+  }
+
+  /** A process we stopped serving forked before we noticed: its child has no state, so drop its uffd. */
+  private adoptOrphanFork(childProcId: number): void {
+    this.loop.removeProcess(childProcId);
+  }
+
+  private install(st: ProcessState): void {
+    st.gen++;
+    this.loop.installTable(st.procId, st.gen, st.table((f) => this.imageId(f)));
+  }
+
+  private completed(st: ProcessState, ev: Extract<NativeEvent, { type: 'done' }>): void {
+    const req = this.requests.get(ev.reqId);
+    if (!req) return;
+    this.requests.delete(ev.reqId);
+    st.inflightRequests--;
+    const got = Math.min(req.pages, Math.floor(Number(ev.bytes) / PAGE_SIZE));
+    switch (ev.status) {
+      case 'ok':
+        st.pages.settle(req.firstPage, req.pages);
+        st.counters.backgroundPages += req.pages;
+        st.counters.bytes += req.pages * PAGE_SIZE;
+        break;
+      case 'exists':
+        // Copied `got` pages, then hit one that a fault had installed already: both are settled.
+        st.pages.settle(req.firstPage, Math.min(req.pages, got + 1));
+        st.pages.land(req.firstPage, req.pages);
+        st.counters.backgroundPages += got;
+        st.counters.bytes += got * PAGE_SIZE;
+        break;
+      case 'again':
+      case 'noent':
+      case 'stale':
+        st.pages.settle(req.firstPage, got);
+        st.pages.land(req.firstPage, req.pages);
+        st.counters.backgroundPages += got;
+        st.counters.bytes += got * PAGE_SIZE;
+        st.counters.retries++;
+        break;
+      case 'gone':
+        this.exited(st);
+        return;
+      default:
+        this.lose(st, `UFFDIO_COPY failed: ${ev.message ?? `errno ${ev.errno}`}`);
+        return;
+    }
+    this.progress(st);
+  }
+
+  private progress(st: ProcessState): void {
+    const now = performance.now();
+    if (now - (this.lastProgress.get(st.procId) ?? 0) < 100 && st.remaining > 0) return;
+    this.lastProgress.set(st.procId, now);
+    this.emit({
+      type: 'progress',
+      pid: st.pid,
+      remainingPages: st.remaining,
+      totalPages: st.index.totalPages,
+      bytes: st.counters.bytes,
+    });
+  }
+
+  // ---------------------------------------------------------------- background and completion
+
+  private pump(): void {
+    if (this.ended) return;
+    if (this.finished) {
+      for (const st of this.states.values()) {
+        if (st.status !== 'serving') continue;
+        if (this.background) {
+          while (st.inflightRequests < this.queueDepth) {
+            const c = st.nextChunk(this.chunkPages);
+            if (!c) break;
+            const r = st.index.ranges[c.range];
+            if (r.location.kind !== 'file') break;
+            const reqId = this.nextReq++;
+            this.requests.set(reqId, { st, firstPage: c.firstPage, pages: c.pages });
+            st.pages.fly(c.firstPage, c.pages);
+            st.inflightRequests++;
+            const fileOffset = r.location.offset + (c.image - r.start);
+            this.loop.copy(st.procId, reqId, st.gen, this.imageId(r.location.file), fileOffset, c.live, BigInt(c.pages) * PAGE, false);
+          }
+        }
+        if (st.inflightRequests === 0 && (st.remaining === 0 || (this.background && !st.nextChunk(1)))) {
+          if (st.remaining > 0) {
+            this.emit({
+              type: 'warning',
+              message: `pid ${st.pid}: ${st.remaining} lazy pages are no longer mapped anywhere; nothing is owed for them`,
+            });
+          }
+          this.processDone(st, 'done');
+        }
+      }
+    }
+    this.maybeFinish();
+  }
+
+  private report(st: ProcessState, outcome: ProcessReport['outcome']): ProcessReport {
+    st.doneAt ??= performance.now();
+    const parent = st.parent === undefined ? undefined : this.states.get(st.parent);
+    const r: ProcessReport = {
+      pid: st.pid,
+      ...(parent ? { forkedFrom: parent.pid } : {}),
+      outcome,
+      timeToDoneMs: st.elapsedMs(),
+      ...st.counters,
+    };
+    this.reports.push(r);
+    return r;
+  }
+
+  private processDone(st: ProcessState, outcome: 'done' | 'exited'): void {
+    st.status = 'done';
+    // Nothing is owed any more: closing the uffd now is safe (holes and growth read zeros from the kernel).
+    this.loop.removeProcess(st.procId);
+    this.emit({ type: 'process-done', report: this.report(st, outcome) });
+  }
+
+  private exited(st: ProcessState): void {
+    if (st.status !== 'serving') return;
+    this.processDone(st, 'exited');
+  }
+
+  /** The daemon cannot serve this process any more: kill it BEFORE its uffd closes, and say why. */
+  private lose(st: ProcessState, reason: string): void {
+    if (st.status !== 'serving') return;
+    st.status = 'lost';
+    const pid = this.killPid.get(st.procId);
+    const killed = pid !== undefined && killQuietly(pid);
+    this.loop.removeProcess(st.procId);
+    this.report(st, 'lost');
+    this.emit({ type: 'process-lost', pid: st.pid, reason, killed });
+  }
+
+  private maybeFinish(): void {
+    if (this.ended || !this.finished) return;
+    for (const st of this.states.values()) if (st.status === 'serving') return;
+    this.finish();
+  }
+
+  private finish(): void {
+    this.ended = true;
+    this.teardown();
+    const summary: DaemonSummary = { processes: this.reports, elapsedMs: performance.now() - this.startedAt };
+    this.emit({ type: 'done', summary });
+    this.resolveDone(summary);
+  }
+
+  /** Fail the whole restore: every process still owed data is killed first, then the uffds close. */
+  private fail(err: Error): void {
+    if (this.ended) return;
+    for (const st of this.states.values()) if (st.status === 'serving') this.lose(st, err.message);
+    this.ended = true;
+    this.teardown();
+    this.rejectDone(err);
+  }
+
+  private teardown(): void {
+    this.listener?.close();
+    this.listener = undefined;
+    this.loop.close();
+    for (const img of this.pageImages) img.close();
+  }
+}
+
+/** SIGKILL a pid; false when there is no such process. */
+function killQuietly(pid: number): boolean {
+  try {
+    process.kill(pid, 'SIGKILL');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The pid of the child a process just forked. The kernel's FORK message carries only the child's
+ * uffd, but the parent is still blocked in fork() until we read it, so its newest unknown child in
+ * /proc/<pid>/task/<tid>/children is the one. Used only to be able to kill that child later.
+ */
+function findNewChild(parentPid: number | undefined, known: Set<number>): number | undefined {
+  if (parentPid === undefined) return undefined;
+  const found: number[] = [];
+  try {
+    for (const tid of readdirSync(`/proc/${parentPid}/task`)) {
+      const text = readFileSync(`/proc/${parentPid}/task/${tid}/children`, 'utf8');
+      for (const w of text.split(/\s+/)) if (w && !known.has(Number(w))) found.push(Number(w));
+    }
+  } catch {
+    return undefined;
+  }
+  return found.length === 1 ? found[0] : undefined;
+}

@@ -1,0 +1,151 @@
+/**
+ * Which lazy pages of one process are still owed to it, by IMAGE address.
+ *
+ * Every lazy page of a checkpointed process gets a dense index (its place in the process's sorted
+ * lazy image ranges). Two byte maps over those indexes record what is left to transfer and what is
+ * in flight. Identity by image address is what keeps this correct across mremap: the kernel moves
+ * pages between LIVE addresses, but the data a page needs never changes its image address.
+ *
+ * A fork copies the maps (the child is owed everything the parent still is, in-flight pages
+ * included: CRIU re-queues those for the child too).
+ */
+import { PAGE_SIZE, type DataLocation, type PageRange } from '../images/index.js';
+
+const PAGE = BigInt(PAGE_SIZE);
+
+/** One immutable lazy image range with the index of its first page. */
+export interface IndexedRange {
+  readonly start: bigint;
+  readonly end: bigint;
+  readonly location: DataLocation;
+  readonly firstPage: number;
+  readonly pages: number;
+}
+
+/** The immutable index of a process's lazy image ranges (shared by a process and its forks). */
+export class ImageIndex {
+  readonly ranges: readonly IndexedRange[];
+  readonly totalPages: number;
+
+  constructor(lazyRanges: readonly PageRange[]) {
+    const out: IndexedRange[] = [];
+    let next = 0;
+    let prevEnd = -1n;
+    for (const r of lazyRanges) {
+      if (r.start < prevEnd) throw new Error(`lazy ranges overlap or are unsorted at 0x${r.start.toString(16)}`);
+      const pages = Number((r.end - r.start) / PAGE);
+      if (pages <= 0) continue;
+      out.push({ start: r.start, end: r.end, location: r.location, firstPage: next, pages });
+      next += pages;
+      prevEnd = r.end;
+    }
+    this.ranges = out;
+    this.totalPages = next;
+  }
+
+  /** Index of the range holding image address `addr`, or -1. O(log n). */
+  rangeOf(addr: bigint): number {
+    let lo = 0;
+    let hi = this.ranges.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const r = this.ranges[mid];
+      if (addr < r.start) hi = mid - 1;
+      else if (addr >= r.end) lo = mid + 1;
+      else return mid;
+    }
+    return -1;
+  }
+
+  /** Dense page index of image address `addr`, or -1 when it is not a lazy page. */
+  pageOf(addr: bigint): number {
+    const i = this.rangeOf(addr);
+    if (i < 0) return -1;
+    const r = this.ranges[i];
+    return r.firstPage + Number((addr - r.start) / PAGE);
+  }
+
+  /** Image address of dense page index `page` within range `ri`. */
+  addrOf(ri: number, page: number): bigint {
+    const r = this.ranges[ri];
+    return r.start + BigInt(page - r.firstPage) * PAGE;
+  }
+}
+
+/** Remaining / in-flight state of one process's lazy pages. */
+export class PageSet {
+  readonly index: ImageIndex;
+  /** 1 = the page's data has not been confirmed installed in the process. */
+  private readonly left: Uint8Array;
+  /** 1 = a request for the page is queued or running in the native core. */
+  private readonly flying: Uint8Array;
+  private leftCount: number;
+
+  constructor(index: ImageIndex, from?: PageSet) {
+    this.index = index;
+    if (from) {
+      this.left = from.left.slice();
+      // In-flight pages of the parent are owed to the child: they are "left", not in flight, here.
+      this.flying = new Uint8Array(index.totalPages);
+      this.leftCount = from.leftCount;
+    } else {
+      this.left = new Uint8Array(index.totalPages).fill(1);
+      this.flying = new Uint8Array(index.totalPages);
+      this.leftCount = index.totalPages;
+    }
+  }
+
+  /** Pages still owed (in flight included). */
+  get remaining(): number {
+    return this.leftCount;
+  }
+
+  isLeft(page: number): boolean {
+    return this.left[page] === 1;
+  }
+
+  isFlying(page: number): boolean {
+    return this.flying[page] === 1;
+  }
+
+  /** Pages [first, first+n) are installed (or gone for good): nothing more is owed for them. */
+  settle(first: number, n: number): number {
+    let settled = 0;
+    const end = Math.min(first + n, this.left.length);
+    for (let p = Math.max(first, 0); p < end; p++) {
+      if (this.left[p] === 1) {
+        this.left[p] = 0;
+        settled++;
+      }
+      this.flying[p] = 0;
+    }
+    this.leftCount -= settled;
+    return settled;
+  }
+
+  /** Mark [first, first+n) as requested. */
+  fly(first: number, n: number): void {
+    this.flying.fill(1, first, first + n);
+  }
+
+  /** A request for [first, first+n) ended without installing those pages: they are owed again. */
+  land(first: number, n: number): void {
+    this.flying.fill(0, first, first + n);
+  }
+
+  /**
+   * The first run of owed, not-in-flight pages in dense pages [from, to), at most `max` long.
+   * Returns [start, length] or undefined.
+   */
+  nextRun(from: number, to: number, max: number): [number, number] | undefined {
+    const left = this.left;
+    const flying = this.flying;
+    let p = from;
+    while (p < to && (left[p] === 0 || flying[p] === 1)) p++;
+    if (p >= to) return undefined;
+    const start = p;
+    const limit = Math.min(to, start + max);
+    while (p < limit && left[p] === 1 && flying[p] === 0) p++;
+    return [start, p - start];
+  }
+}

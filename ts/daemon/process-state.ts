@@ -1,0 +1,186 @@
+/**
+ * One restored process as the daemon sees it: CRIU's `lazy_pages_info`, without global state.
+ *
+ * It knows which lazy pages are still owed (by image address, in a PageSet), where they live now
+ * (LiveMap), and turns both into the translation table the native core serves faults from. Every
+ * non-cooperative event is applied here, in the order the kernel delivered it; the native side
+ * keeps the process paused until the next table is installed, so it never serves a stale table.
+ */
+import { PAGE_SIZE, type ProcessImage } from '../images/index.js';
+import { LiveMap, type Piece } from './livemap.js';
+import { ImageIndex, PageSet } from './pageset.js';
+
+const PAGE = BigInt(PAGE_SIZE);
+
+/** Table entry kinds understood by the native core. */
+export const TABLE_KIND_FILE = 0n;
+export const TABLE_KIND_REMOTE = 1n;
+/** u64 words per translation-table entry: liveStart, liveEnd, imageStart, kind, imageId, fileOffset. */
+export const TABLE_WORDS = 6;
+
+export type ProcessStatus = 'serving' | 'done' | 'lost';
+
+/** Counters reported per process. */
+export interface ProcessCounters {
+  /** Pages copied because the process faulted on them. */
+  onDemandPages: number;
+  /** Zero pages installed for faults outside any lazy range (holes, mremap growth). */
+  zeroPages: number;
+  /** Pages copied by the background transfer. */
+  backgroundPages: number;
+  /** Bytes copied, on demand and background. */
+  bytes: number;
+  /** Requests that had to be retried (EAGAIN, ENOENT, stale after an event). */
+  retries: number;
+}
+
+/** A chunk of owed pages the background transfer can request next. */
+export interface BackgroundChunk {
+  firstPage: number;
+  pages: number;
+  live: bigint;
+  image: bigint;
+  range: number;
+}
+
+export class ProcessState {
+  /** Image id (the virtual pid CRIU sent), shared by forked children. */
+  readonly pid: number;
+  /** The native core's id for this process's uffd. */
+  readonly procId: number;
+  readonly image: ProcessImage;
+  readonly index: ImageIndex;
+  readonly pages: PageSet;
+  readonly live: LiveMap;
+  /** Generation of the last table installed in the native core. */
+  gen = 0;
+  status: ProcessStatus = 'serving';
+  /** Parent's procId for a forked child. */
+  readonly parent?: number;
+  readonly counters: ProcessCounters = { onDemandPages: 0, zeroPages: 0, backgroundPages: 0, bytes: 0, retries: 0 };
+  readonly startedAt = performance.now();
+  doneAt?: number;
+  /** Where the background scan continues (segment index, then dense page). */
+  private cursorSeg = 0;
+  inflightRequests = 0;
+
+  private constructor(pid: number, procId: number, image: ProcessImage, index: ImageIndex, pages: PageSet, live: LiveMap, parent?: number) {
+    this.pid = pid;
+    this.procId = procId;
+    this.image = image;
+    this.index = index;
+    this.pages = pages;
+    this.live = live;
+    this.parent = parent;
+  }
+
+  /** State of a freshly handed-over process: every lazy page owed, live == image. */
+  static attach(procId: number, image: ProcessImage): ProcessState {
+    const index = new ImageIndex(image.lazyRanges);
+    const live = new LiveMap(index.ranges.map((r, i) => ({ liveStart: r.start, liveEnd: r.end, imageStart: r.start, range: i })));
+    return new ProcessState(image.pid, procId, image, index, new PageSet(index), live);
+  }
+
+  /** FORK: the child is owed what the parent is still owed (in-flight pages included), at the same live addresses. */
+  fork(childProcId: number): ProcessState {
+    return new ProcessState(this.pid, childProcId, this.image, this.index, new PageSet(this.index, this.pages), this.live.clone(), this.procId);
+  }
+
+  get remaining(): number {
+    return this.pages.remaining;
+  }
+
+  /** The native core installed [image, image+len) for this process. */
+  settleImage(image: bigint, len: bigint): number {
+    let settled = 0;
+    for (let a = image; a < image + len; ) {
+      const ri = this.index.rangeOf(a);
+      if (ri < 0) {
+        a += PAGE;
+        continue;
+      }
+      const r = this.index.ranges[ri];
+      const end = image + len < r.end ? image + len : r.end;
+      const first = r.firstPage + Number((a - r.start) / PAGE);
+      settled += this.pages.settle(first, Number((end - a) / PAGE));
+      a = end;
+    }
+    return settled;
+  }
+
+  /** Pieces cut from the live map are gone for this process: nothing is owed for them any more. */
+  private forget(pieces: Piece[]): void {
+    for (const p of pieces) this.settleImage(p.imageStart, p.liveEnd - p.liveStart);
+  }
+
+  /** REMAP: move live addresses, keep image addresses; growth reads zeros (it is in no segment). */
+  applyRemap(from: bigint, to: bigint, len: bigint): void {
+    this.forget(this.live.remap(from, to, len));
+    this.cursorSeg = 0;
+  }
+
+  /** UNMAP / REMOVE: the memory is gone (or must read zeros from now on). */
+  applyDrop(start: bigint, end: bigint): void {
+    this.forget(this.live.cut(start, end));
+    this.cursorSeg = 0;
+  }
+
+  /** A fault was served on demand: restart the background scan near it (CRIU resets its chunk too). */
+  noteFault(live: bigint): void {
+    const segs = this.live.segments;
+    for (let i = 0; i < segs.length; i++) {
+      if (segs[i].liveEnd > live) {
+        this.cursorSeg = i;
+        return;
+      }
+    }
+  }
+
+  /**
+   * The translation table for the native core: one entry per live segment. Served pages may still be
+   * covered (they are present, so they never fault again); what matters is that no owed page is missing.
+   */
+  table(imageIdOf: (file: string) => number): BigUint64Array {
+    const segs = this.live.segments;
+    const t = new BigUint64Array(segs.length * TABLE_WORDS);
+    segs.forEach((s, i) => {
+      const r = this.index.ranges[s.range];
+      const o = i * TABLE_WORDS;
+      t[o] = s.liveStart;
+      t[o + 1] = s.liveEnd;
+      t[o + 2] = s.imageStart;
+      if (r.location.kind === 'file') {
+        t[o + 3] = TABLE_KIND_FILE;
+        t[o + 4] = BigInt(imageIdOf(r.location.file));
+        t[o + 5] = r.location.offset + (s.imageStart - r.start);
+      } else {
+        t[o + 3] = TABLE_KIND_REMOTE;
+      }
+    });
+    return t;
+  }
+
+  /** Next owed, not-in-flight run of at most `maxPages`, in live order from the cursor. */
+  nextChunk(maxPages: number): BackgroundChunk | undefined {
+    const segs = this.live.segments;
+    const n = segs.length;
+    for (let k = 0; k < n; k++) {
+      const si = (this.cursorSeg + k) % n;
+      const s = segs[si];
+      const r = this.index.ranges[s.range];
+      const first = r.firstPage + Number((s.imageStart - r.start) / PAGE);
+      const count = Number((s.liveEnd - s.liveStart) / PAGE);
+      const run = this.pages.nextRun(first, first + count, maxPages);
+      if (!run) continue;
+      this.cursorSeg = si;
+      const off = BigInt(run[0] - first) * PAGE;
+      return { firstPage: run[0], pages: run[1], live: s.liveStart + off, image: s.imageStart + off, range: s.range };
+    }
+    return undefined;
+  }
+
+  /** Seconds since attach (or until done). */
+  elapsedMs(): number {
+    return (this.doneAt ?? performance.now()) - this.startedAt;
+  }
+}
