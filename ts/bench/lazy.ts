@@ -1,0 +1,73 @@
+/**
+ * Our side of the benchmark: a real lazy restore of a synthetic checkpoint by the restore
+ * simulator against the daemon, the same shape as the floor's test (one process, one region,
+ * 4 KiB first touches).
+ */
+import { startLazyPagesDaemon } from '../daemon/daemon.js';
+import type { Checkpoint } from '../images/index.js';
+import { layoutFor } from '../sim/layout.js';
+import { startSimulator } from '../sim/run.js';
+
+export interface LatencyRun {
+  p50: number;
+  p90: number;
+  p99: number;
+  p999: number;
+  faultsPerSec: number;
+  faults: number;
+}
+
+/** One run of per-fault latency (µs): every page touched once in `order`, background transfer off. */
+export async function lazyLatency(ck: Checkpoint, workDir: string, order: 'rand' | 'seq', seed: number): Promise<LatencyRun> {
+  const d = await startLazyPagesDaemon({ imagesDir: ck.dir, workDir, background: false });
+  const sim = startSimulator(layoutFor(ck, workDir), ['--workload', 'touch-all', '--order', order, '--seed', String(seed)]);
+  try {
+    const res = await sim.result;
+    const p = res.report?.processes[0];
+    if (res.code !== 0 || !p?.latencyNs) throw new Error(`simulator failed (exit ${res.code}): ${res.stderr.trim()}`);
+    await d.done;
+    const l = p.latencyNs;
+    return {
+      p50: l.p50 / 1000,
+      p90: l.p90 / 1000,
+      p99: l.p99 / 1000,
+      p999: l.p999 / 1000,
+      faultsPerSec: 1e9 / l.mean,
+      faults: l.count,
+    };
+  } finally {
+    sim.kill();
+    await d.close('benchmark run ended');
+  }
+}
+
+/** One run of the background drain: GB/s from "restore finished" to every page installed. */
+export async function lazyBulk(ck: Checkpoint, workDir: string, chunkBytes?: number): Promise<{ gbs: number; bytes: number; ms: number }> {
+  let t0 = 0;
+  let t1 = 0;
+  const d = await startLazyPagesDaemon({
+    imagesDir: ck.dir,
+    workDir,
+    chunkBytes,
+    onEvent: (e) => {
+      if (e.type === 'restore-finished') t0 = performance.now();
+      if (e.type === 'done') t1 = performance.now();
+    },
+  });
+  const sim = startSimulator(layoutFor(ck, workDir), ['--workload', 'hold', '--timeout', '300']);
+  try {
+    const summary = await Promise.race([
+      d.done,
+      sim.result.then((r) => {
+        throw new Error(`simulator ended before the transfer did (exit ${r.code}): ${r.stderr.trim()}`);
+      }),
+    ]);
+    const bytes = summary.processes.reduce((a, p) => a + p.bytes, 0);
+    const ms = t1 - t0;
+    return { gbs: bytes / (ms / 1000) / 1e9, bytes, ms };
+  } finally {
+    sim.kill();
+    await sim.result;
+    await d.close('benchmark run ended');
+  }
+}

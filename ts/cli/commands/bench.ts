@@ -1,0 +1,127 @@
+/**
+ * `lazy-pages bench` (and `npm run bench`): fault latency and background drain rate of a real
+ * lazy restore, next to the floor (a minimal C userfaultfd handler) measured in the same run,
+ * interleaved run by run so that machine noise hits both alike. Prints a table, writes JSON.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Argv, CommandModule } from 'yargs';
+import { z } from 'zod';
+
+import { DEFAULT_FLOOR_SOURCE, Floor, median } from '../../bench/floor.js';
+import { lazyBulk, lazyLatency, type LatencyRun } from '../../bench/lazy.js';
+import { Checkpoint, writeSyntheticCheckpoint } from '../../images/index.js';
+import { parseSize, validate } from '../options.js';
+
+const schema = z.object({
+  size: z.number().int().min(1 << 20, 'must be at least 1M'),
+  bulkSize: z.number().int().min(1 << 20, 'must be at least 1M'),
+  order: z.enum(['rand', 'seq']),
+  runs: z.number().int().min(1, 'must be at least 1').max(50, 'must be at most 50'),
+  bulk: z.boolean(),
+  floor: z.string().min(1),
+  json: z.string().min(1).optional(),
+  chunk: z.number().int().min(4096).optional(),
+});
+
+export const benchCommand: CommandModule<object, Record<string, unknown>> = {
+  command: 'bench',
+  describe: 'measure per-fault latency and background GB/s against the floor, in the same run',
+  builder: (y: Argv) =>
+    y
+      .option('size', { type: 'string', default: '64M', describe: 'region restored for the latency test' })
+      .option('bulk-size', { type: 'string', default: '1G', describe: 'checkpoint drained by the background test' })
+      .option('order', { choices: ['rand', 'seq'], default: 'rand', describe: 'page touch order' })
+      .option('runs', { type: 'number', default: 5, describe: 'runs of each test (medians are reported)' })
+      .option('bulk', { type: 'boolean', default: true, describe: 'also measure the background drain (--no-bulk to skip)' })
+      .option('floor', { type: 'string', default: DEFAULT_FLOOR_SOURCE, describe: 'floor.c (or a built floor binary)' })
+      .option('json', { type: 'string', describe: 'write the results here as JSON' })
+      .option('chunk', { type: 'number', describe: 'background request size in bytes' }),
+  handler: async (argv) => {
+    const o = validate(schema, {
+      ...argv,
+      size: parseSize(argv.size as string),
+      bulkSize: parseSize(argv['bulk-size'] as string),
+    });
+    await runBench(o);
+  },
+};
+
+const pct = ['p50', 'p90', 'p99', 'p999'] as const;
+
+async function runBench(o: z.infer<typeof schema>): Promise<void> {
+  const say = (s: string) => process.stdout.write(`${s}\n`);
+  const floor = Floor.prepare(o.floor);
+  if (!floor) say(`note: no floor at ${o.floor}: ratios are not reported (pass --floor path/to/floor.c)`);
+  const work = mkdtempSync(join(tmpdir(), 'lazy-pages-bench-'));
+  const results: Record<string, unknown> = { date: new Date().toISOString(), options: o };
+  try {
+    // ---- latency: one process, one region, every page touched once, background off
+    const latDir = join(work, 'lat');
+    await writeSyntheticCheckpoint({ out: latDir, size: BigInt(o.size), vmas: 1, procs: 1 });
+    const latCk = await Checkpoint.open(latDir);
+    const ours: LatencyRun[] = [];
+    const theirs: ReturnType<Floor['latency']>[] = [];
+    for (let i = 0; i < o.runs; i++) {
+      if (floor) theirs.push(floor.latency(o.order));
+      ours.push(await lazyLatency(latCk, latDir, o.order, i + 1));
+      say(
+        `run ${i + 1}/${o.runs}: lazy-pages p50 ${ours[i].p50.toFixed(1)} µs p99 ${ours[i].p99.toFixed(1)} µs` +
+          (floor ? ` | floor p50 ${theirs[i].p50.toFixed(1)} µs p99 ${theirs[i].p99.toFixed(1)} µs` : ''),
+      );
+    }
+    const med = (xs: Record<string, number>[], k: string) => median(xs.map((x) => x[k]));
+    const latency = {
+      faults: ours[0].faults,
+      lazyPages: Object.fromEntries([...pct, 'faultsPerSec'].map((k) => [k, med(ours as never, k)])),
+      floor: floor ? Object.fromEntries([...pct, 'faultsPerSec'].map((k) => [k, med(theirs as never, k)])) : undefined,
+    } as { faults: number; lazyPages: Record<string, number>; floor?: Record<string, number> };
+    results.latency = latency;
+
+    say('');
+    say(`per-fault latency, ${o.order} order, ${(o.size / (1 << 20)).toFixed(0)} MiB, 4 KiB pages, background off (median of ${o.runs} runs)`);
+    say('             p50 µs    p90 µs    p99 µs  p99.9 µs   faults/s');
+    const row = (name: string, r: Record<string, number>) =>
+      say(`${name.padEnd(10)}${pct.map((k) => r[k].toFixed(1).padStart(10)).join('')}${r.faultsPerSec.toFixed(0).padStart(11)}`);
+    row('lazy-pages', latency.lazyPages);
+    if (latency.floor) {
+      row('floor', latency.floor);
+      const ratio = Object.fromEntries(pct.map((k) => [k, latency.lazyPages[k] / latency.floor![k]]));
+      say(`${'ratio'.padEnd(10)}${pct.map((k) => `${ratio[k].toFixed(2)}×`.padStart(10)).join('')}`);
+      results.latencyRatio = ratio;
+      const p50ok = ratio.p50 <= 1.15;
+      const p99ok = ratio.p99 <= 1.5;
+      results.latencyTargets = { p50: { target: 1.15, ok: p50ok }, p99: { target: 1.5, ok: p99ok } };
+      say(`targets: p50 ≤ 1.15× ${p50ok ? 'met' : 'MISSED'}, p99 ≤ 1.5× ${p99ok ? 'met' : 'MISSED'}`);
+    }
+
+    // ---- background drain
+    if (o.bulk) {
+      const bulkDir = join(work, 'bulk');
+      await writeSyntheticCheckpoint({ out: bulkDir, size: BigInt(o.bulkSize), vmas: 4, procs: 1 });
+      const bulkCk = await Checkpoint.open(bulkDir);
+      const oursB: number[] = [];
+      const floorB: number[] = [];
+      const bulkRuns = Math.min(o.runs, 3);
+      for (let i = 0; i < bulkRuns; i++) {
+        if (floor) floorB.push(floor.bulk());
+        const r = await lazyBulk(bulkCk, bulkDir, o.chunk);
+        oursB.push(r.gbs);
+        say(`bulk run ${i + 1}/${bulkRuns}: lazy-pages ${r.gbs.toFixed(2)} GB/s (${(r.bytes / 2 ** 20).toFixed(0)} MiB in ${r.ms.toFixed(0)} ms)` +
+          (floor ? ` | floor ${floorB[i].toFixed(2)} GB/s` : ''));
+      }
+      const bulk = { lazyPagesGBs: median(oursB), floorGBs: floor ? median(floorB) : undefined };
+      results.bulk = bulk;
+      say('');
+      say(`background drain of ${(o.bulkSize / 2 ** 30).toFixed(2)} GiB (median of ${bulkRuns} runs): lazy-pages ${bulk.lazyPagesGBs.toFixed(2)} GB/s` +
+        (bulk.floorGBs ? `, floor ${bulk.floorGBs.toFixed(2)} GB/s, ratio ${(bulk.lazyPagesGBs / bulk.floorGBs).toFixed(2)}× (target ≥ 0.8×: ${bulk.lazyPagesGBs / bulk.floorGBs >= 0.8 ? 'met' : 'MISSED'})` : ''));
+    }
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+  if (o.json) {
+    writeFileSync(o.json, `${JSON.stringify(results, null, 2)}\n`);
+    say(`results written to ${o.json}`);
+  }
+}
