@@ -1,0 +1,83 @@
+/**
+ * End-to-end harness: a synthetic (or real) checkpoint, our daemon, and the restore simulator
+ * playing `criu restore --lazy-pages` against it with real userfaultfds. Every process a test
+ * starts is killed by pid in teardown, pass or fail.
+ */
+import type { ExecutionContext } from 'ava';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { startLazyPagesDaemon, type DaemonOptions, type LazyPagesDaemon } from '../../ts/daemon/daemon.js';
+import type { DaemonEvent, DaemonSummary } from '../../ts/daemon/events.js';
+import { Checkpoint, writeSyntheticCheckpoint } from '../../ts/images/index.js';
+import { layoutFor, type SimLayout } from '../../ts/sim/layout.js';
+import { startSimulator, type SimReport } from '../../ts/sim/run.js';
+
+export const repoRoot = join(import.meta.dirname ?? new URL('.', import.meta.url).pathname, '..', '..');
+export const fixturesDir = join(repoRoot, '..', 'shared', 'fixtures', 'criu-images');
+
+/** A temp dir removed in teardown. */
+export function tempDir(t: ExecutionContext, prefix = 'lazy-e2e-'): string {
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  t.teardown(() => rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+/** Write a synthetic checkpoint with random high pids (the simulator restores with the same pids). */
+export async function synth(t: ExecutionContext, o: { size: number; vmas?: number; procs?: number; holes?: number }): Promise<Checkpoint> {
+  const dir = tempDir(t, 'lazy-ck-');
+  await writeSyntheticCheckpoint({ out: dir, size: BigInt(o.size), vmas: o.vmas ?? 2, procs: o.procs ?? 1, holes: o.holes ?? 0 });
+  return Checkpoint.open(dir);
+}
+
+export interface RestoreResult {
+  summary?: DaemonSummary;
+  daemonError?: Error;
+  events: DaemonEvent[];
+  sim: { code: number | null; report?: SimReport; stderr: string };
+}
+
+/** Restore `ck` lazily with our daemon and the simulator running `simArgs`; both are always ended. */
+export async function restore(
+  t: ExecutionContext,
+  ck: Checkpoint,
+  simArgs: string[],
+  o: { daemon?: Partial<DaemonOptions>; layout?: (l: SimLayout) => SimLayout; during?: (d: LazyPagesDaemon, simPid: number) => void | Promise<void> } = {},
+): Promise<RestoreResult> {
+  const workDir = tempDir(t, 'lazy-wd-');
+  const events: DaemonEvent[] = [];
+  const d = await startLazyPagesDaemon({ imagesDir: ck.dir, workDir, onEvent: (e) => events.push(e), ...o.daemon });
+  t.teardown(() => d.close('test ended'));
+  let layout = layoutFor(ck, workDir);
+  if (o.layout) layout = o.layout(layout);
+  const sim = startSimulator(layout, ['--timeout', '100', ...simArgs]);
+  t.teardown(() => {
+    sim.kill();
+    for (const p of layout.processes) {
+      try {
+        process.kill(p.pid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    }
+  });
+  if (o.during) await o.during(d, sim.pid);
+  let summary: DaemonSummary | undefined;
+  let daemonError: Error | undefined;
+  const [res] = await Promise.all([
+    sim.result,
+    d.done.then(
+      (s) => (summary = s),
+      (e: Error) => {
+        daemonError = e;
+      },
+    ),
+  ]);
+  return { summary, daemonError, events, sim: res };
+}
+
+/** A readable failure message for a simulator run. */
+export function simFailure(r: RestoreResult): string {
+  return `sim exit ${r.sim.code}; stderr: ${r.sim.stderr.trim()}; daemon: ${r.daemonError?.message ?? 'ok'}; report: ${JSON.stringify(r.sim.report)?.slice(0, 2000)}`;
+}
