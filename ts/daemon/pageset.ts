@@ -27,7 +27,12 @@ export class ImageIndex {
   readonly ranges: readonly IndexedRange[];
   readonly totalPages: number;
 
-  constructor(lazyRanges: readonly PageRange[]) {
+  /**
+   * @param lazyRanges the process's lazy ranges, sorted (CRIU writes at most 256 pages per entry)
+   * @param vmaStarts start addresses of its VMAs: adjacent ranges are merged into one (so one
+   *   request can cover them) only where no VMA begins, because one UFFDIO_COPY cannot cross VMAs
+   */
+  constructor(lazyRanges: readonly PageRange[], vmaStarts: ReadonlySet<bigint> = new Set()) {
     const out: IndexedRange[] = [];
     let next = 0;
     let prevEnd = -1n;
@@ -35,7 +40,12 @@ export class ImageIndex {
       if (r.start < prevEnd) throw new Error(`lazy ranges overlap or are unsorted at 0x${r.start.toString(16)}`);
       const pages = Number((r.end - r.start) / PAGE);
       if (pages <= 0) continue;
-      out.push({ start: r.start, end: r.end, location: r.location, firstPage: next, pages });
+      const last = out[out.length - 1];
+      if (last && last.end === r.start && !vmaStarts.has(r.start) && continues(last, r)) {
+        out[out.length - 1] = { ...last, end: r.end, pages: last.pages + pages };
+      } else {
+        out.push({ start: r.start, end: r.end, location: r.location, firstPage: next, pages });
+      }
       next += pages;
       prevEnd = r.end;
     }
@@ -70,6 +80,15 @@ export class ImageIndex {
     const r = this.ranges[ri];
     return r.start + BigInt(page - r.firstPage) * PAGE;
   }
+}
+
+/** Does `r` hold the data that follows `last` at the same source (same file, next offset; or both remote)? */
+function continues(last: IndexedRange, r: PageRange): boolean {
+  const a = last.location;
+  const b = r.location;
+  if (a.kind === 'remote' && b.kind === 'remote') return true;
+  if (a.kind !== 'file' || b.kind !== 'file' || a.file !== b.file) return false;
+  return a.offset + (last.end - last.start) === b.offset;
 }
 
 /** Remaining / in-flight state of one process's lazy pages. */

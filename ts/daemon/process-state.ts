@@ -76,7 +76,7 @@ export class ProcessState {
 
   /** State of a freshly handed-over process: every lazy page owed, live == image. */
   static attach(procId: number, image: ProcessImage): ProcessState {
-    const index = new ImageIndex(image.lazyRanges);
+    const index = new ImageIndex(image.lazyRanges, new Set(image.vmas.map((v) => v.start)));
     const live = new LiveMap(index.ranges.map((r, i) => ({ liveStart: r.start, liveEnd: r.end, imageStart: r.start, range: i })));
     return new ProcessState(image.pid, procId, image, index, new PageSet(index), live);
   }
