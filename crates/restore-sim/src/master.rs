@@ -69,14 +69,17 @@ pub fn run(opts: &Opts) -> i32 {
         Ok(()) => {
             m.finish_processes();
             reaper::kill_all(&pids);
+            reaper::reap_all(Duration::from_secs(2));
             m.report(started, None)
         }
         Err(Fail::Setup(e)) => {
             reaper::kill_all(&pids);
+            reaper::reap_all(Duration::from_secs(2));
             setup_error(&e)
         }
         Err(Fail::Timeout(e)) => {
             reaper::kill_all(&pids);
+            reaper::reap_all(Duration::from_secs(2));
             eprintln!("restore-sim: timeout after {}s {e}; killed every process", opts.timeout_secs);
             m.report(started, Some(4));
             4
@@ -247,21 +250,7 @@ impl Master<'_> {
             // SAFETY: our end of the ctl pipe; EOF also means "exit" to the process.
             unsafe { libc::close(p.ctl_w) };
         }
-        let until = Instant::now() + Duration::from_secs(5);
-        loop {
-            let mut st = 0;
-            // SAFETY: waitpid into a local status.
-            let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
-            if r < 0 {
-                return; // ECHILD: nothing left
-            }
-            if r == 0 {
-                if Instant::now() > until {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
+        reaper::reap_all(Duration::from_secs(5));
     }
 
     fn report(&self, started: Instant, forced: Option<i32>) -> i32 {

@@ -78,3 +78,20 @@ pub fn zombie_status(pid: i32) -> Option<i32> {
     }
     f.get(52 - 3)?.parse().ok()
 }
+
+/// Reaps until no child is left (ECHILD) or `bound` passes. As a subreaper the master inherits every
+/// orphaned process of its tree, so this leaves no zombies behind for a possibly non-reaping init.
+pub fn reap_all(bound: std::time::Duration) {
+    let until = std::time::Instant::now() + bound;
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid into a local status.
+        let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+        if r < 0 || std::time::Instant::now() > until {
+            return; // ECHILD: nothing left
+        }
+        if r == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
