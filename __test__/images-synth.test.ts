@@ -1,6 +1,6 @@
 // The synthetic writer: its images parse back into the same model and hold the pattern.
 import test from 'ava';
-import { mkdtempSync, rmSync, readFileSync, statSync, openSync, readSync, closeSync } from 'node:fs';
+import { mkdtempSync, rmSync, readFileSync, statSync, openSync, readSync, closeSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Checkpoint, PAGE_SIZE, checkPatternPage, fillPatternPage, patternWord, writeSyntheticCheckpoint } from '../ts/images/index.js';
@@ -80,9 +80,11 @@ test('synth --lazy-only writes PE_LAZY entries and no data: lookups say remote',
   t.throws(() => statSync(path.join(dir, 'pages-1.img')));
 });
 
-test('synth default pids are in [1000000, 3000000)', async (t) => {
+test('synth default pids are free, below kernel.pid_max, in its upper half (a restore can reuse them)', async (t) => {
   const { pids } = await writeSyntheticCheckpoint({ out: tmp(t), size: 4096, procs: 2 });
-  t.true(pids[0]! >= 1_000_000 && pids[0]! < 3_000_000);
+  const max = Number(readFileSync('/proc/sys/kernel/pid_max', 'utf8'));
+  t.true(pids[0]! >= max / 2 && pids[1]! < max, `${pids} vs pid_max ${max}`);
+  t.false(existsSync(`/proc/${pids[0]}`));
   t.is(pids[1], pids[0]! + 1);
 });
 

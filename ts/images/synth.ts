@@ -2,7 +2,7 @@
  * Writes a synthetic but complete CRIU images dir whose memory holds the fixtures' pattern, so
  * tests and benchmarks can make checkpoints of any size without running CRIU.
  */
-import { mkdirSync, openSync, closeSync, writeSync, writeFileSync, readdirSync } from 'node:fs';
+import { mkdirSync, openSync, closeSync, writeSync, writeFileSync, readdirSync, readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { create, toBinary } from '@bufbuild/protobuf';
 import { UserError } from '../errors.js';
@@ -55,6 +55,28 @@ function badOption(msg: string): never {
   throw new UserError('EOPTION', msg);
 }
 
+/**
+ * A run of `n` pids that no process uses now, in the upper half of this machine's pid range (the
+ * simulator restores with the image pids, as `criu restore` does, so they must be free and below
+ * kernel.pid_max; the lower half is where the kernel hands out new pids first).
+ */
+export function freePidBase(n: number): number {
+  let max = 32768;
+  try {
+    max = Number(readFileSync('/proc/sys/kernel/pid_max', 'utf8').trim()) || max;
+  } catch {
+    /* not Linux: keep the default */
+  }
+  const lo = Math.floor(max / 2);
+  for (let tries = 0; tries < 1000; tries++) {
+    const base = lo + Math.floor(Math.random() * (max - lo - n - 1));
+    let free = true;
+    for (let i = 0; i < n && free; i++) free = !existsSync(`/proc/${base + i}`);
+    if (free) return base;
+  }
+  return lo;
+}
+
 export async function writeSyntheticCheckpoint(opts: SynthOptions): Promise<{ dir: string; pids: number[] }> {
   const size = BigInt(opts.size);
   const nVmas = opts.vmas ?? 1;
@@ -65,7 +87,7 @@ export async function writeSyntheticCheckpoint(opts: SynthOptions): Promise<{ di
   if (!Number.isInteger(nVmas) || nVmas < 1 || nVmas > 65000) badOption(`--vmas must be an integer in 1..65000 (got ${nVmas})`);
   if (!Number.isInteger(nProcs) || nProcs < 1 || nProcs > 1000) badOption(`--procs must be an integer in 1..1000 (got ${nProcs})`);
   if (!(holes >= 0 && holes < 1)) badOption(`--holes must be a fraction in [0, 1) (got ${holes})`);
-  const pidBase = opts.pidBase ?? 1_000_000 + Math.floor(Math.random() * 2_000_000);
+  const pidBase = opts.pidBase ?? freePidBase(nProcs);
   if (!Number.isInteger(pidBase) || pidBase < 1 || pidBase + nProcs > 0x400000) {
     badOption(`--pid-base must be an integer with pid-base + procs <= 4194304 (got ${pidBase})`);
   }
