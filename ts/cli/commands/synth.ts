@@ -34,7 +34,7 @@ export const synthCommand: CommandModule<object, Args> = {
     .option('size', { type: 'string', demandOption: true, describe: 'memory per process, e.g. 64M, 1G' })
     .option('vmas', { type: 'number', default: 1, describe: 'VMAs per process' })
     .option('procs', { type: 'number', default: 1, describe: 'processes: the first is the root, the others its children' })
-    .option('pid-base', { type: 'number', describe: 'first pid (default: random in [1000000, 3000000))' })
+    .option('pid-base', { type: 'number', describe: 'first pid (default: a free run in the upper half of kernel.pid_max)' })
     .option('lazy-only', { type: 'boolean', default: false, describe: 'PE_LAZY entries only, no page data (like dump --lazy-pages)' })
     .option('holes', { type: 'number', default: 0, describe: 'fraction of pages left out (they read as zero)' })
     .option('seed', { type: 'number', default: 1, describe: 'seed of the hole placement' }) as never,
