@@ -79,3 +79,18 @@ pub fn read_exact_at(f: &File, mut buf: &mut [u8], mut off: u64) -> Result<(), S
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_and_zero_fill_by_image_address() {
+        let mut o = Oracle::new(vec![Expect { start: 0x1000, end: 0x2000, kind: ExpectKind::Pattern { xor: 1 << 56 } }]);
+        let mut buf = vec![0xAAu8; 0x2000];
+        o.fill(0x1000, &mut buf).unwrap();
+        let w = u64::from_le_bytes(buf[8..16].try_into().unwrap());
+        assert_eq!(w, ((0x1008u64 ^ 0x5DEECE66D).wrapping_mul(0x9E3779B97F4A7C15)) ^ (1 << 56));
+        assert!(buf[0x1000..].iter().all(|&b| b == 0), "bytes outside every entry are zero");
+    }
+}

@@ -188,7 +188,7 @@ fn arr_at<'a>(v: &'a Value, key: &str, at: &str) -> Result<&'a Vec<Value>, Strin
     v.get(key).and_then(Value::as_array).ok_or_else(|| format!("{} must be an array", join(at, key)))
 }
 
-fn opt_arr<'a>(v: &'a Value, key: &str, at: &str) -> Result<Vec<Value>, String> {
+fn opt_arr(v: &Value, key: &str, at: &str) -> Result<Vec<Value>, String> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(a)) => Ok(a.clone()),
@@ -242,5 +242,32 @@ fn join(at: &str, key: &str) -> String {
         key.to_string()
     } else {
         format!("{at}.{key}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+    use serde_json::json;
+
+    #[test]
+    fn errors_name_the_json_path() {
+        let bad = json!({ "workDir": "/x", "processes": [ { "pid": 5, "ppid": 0,
+            "vmas": [ { "start": "0x1000", "end": "0x3000", "prot": 3, "lazy": true } ],
+            "expect": [ { "start": "0x1000", "end": "0x2000", "kind": "blue" } ] } ] });
+        let e = parse(&bad).unwrap_err();
+        assert!(e.contains("processes[0].expect[0].kind"), "{e}");
+        let bad = json!({ "workDir": "/x", "processes": [ { "pid": 5, "ppid": 9 } ] });
+        assert!(parse(&bad).unwrap_err().contains("processes[0].ppid 9"));
+        let bad = json!({ "workDir": "/x", "processes": [ { "pid": 5, "ppid": 0, "vmas": [ { "start": 4096, "end": "0x2000", "prot": 3, "lazy": true } ] } ] });
+        assert!(parse(&bad).unwrap_err().contains("processes[0].vmas[0].start must be a hex string"));
+    }
+
+    #[test]
+    fn a_valid_tree_parses() {
+        let ok = json!({ "workDir": "/x", "processes": [ { "pid": 5, "ppid": 0 }, { "pid": 6, "ppid": 5, "zombie": true } ] });
+        let l = parse(&ok).unwrap();
+        assert_eq!(l.processes.len(), 2);
+        assert!(l.processes[1].zombie);
     }
 }
