@@ -1,0 +1,63 @@
+/**
+ * What a page server can serve: per pid, the lazy pages whose data is in this images dir (or a
+ * parent dir), merged into maximal runs that are contiguous both in memory and in one pages file,
+ * with an O(log n) lookup. Lazy pages with no data here (`remote`) are not served.
+ */
+import { Checkpoint, PageIndex, type PageRange } from '../images/index.js';
+
+export interface ServableRun {
+  start: bigint;
+  end: bigint;
+  file: string;
+  /** File offset of the page at `start`. */
+  offset: bigint;
+}
+
+export class Catalog {
+  private constructor(private readonly byPid: Map<number, { index: PageIndex; runs: ServableRun[] }>, readonly pages: bigint) {}
+
+  static async open(imagesDir: string): Promise<Catalog> {
+    const ck = await Checkpoint.open(imagesDir);
+    const byPid = new Map<number, { index: PageIndex; runs: ServableRun[] }>();
+    let pages = 0n;
+    for (const p of ck.processes) {
+      const runs = mergeRuns(p.lazyRanges);
+      for (const r of runs) pages += (r.end - r.start) / 4096n;
+      byPid.set(p.pid, { runs, index: new PageIndex(runs.map((r) => ({ start: r.start, end: r.end, location: { kind: 'zero' } }))) });
+    }
+    return new Catalog(byPid, pages);
+  }
+
+  hasPid(pid: number): boolean {
+    return this.byPid.has(pid);
+  }
+
+  get pids(): number[] {
+    return [...this.byPid.keys()];
+  }
+
+  /** The run of `pid` holding image address `vaddr`, or undefined. */
+  find(pid: number, vaddr: bigint): ServableRun | undefined {
+    const p = this.byPid.get(pid);
+    if (!p) return undefined;
+    const i = p.index.find(vaddr);
+    return i < 0 ? undefined : p.runs[i];
+  }
+}
+
+/**
+ * CRIU's pagemap splits memory into entries of ≤ 256 pages; serving those one by one would
+ * turn a 1 GiB background transfer into thousands of short replies. Adjacent entries that are
+ * also adjacent in the same file are one run.
+ */
+function mergeRuns(ranges: PageRange[]): ServableRun[] {
+  const out: ServableRun[] = [];
+  for (const r of ranges) {
+    if (r.location.kind !== 'file') continue;
+    const last = out[out.length - 1];
+    if (last && last.end === r.start && last.file === r.location.file && last.offset + (last.end - last.start) === r.location.offset) {
+      last.end = r.end;
+    } else out.push({ start: r.start, end: r.end, file: r.location.file, offset: r.location.offset });
+  }
+  return out;
+}

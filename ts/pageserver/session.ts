@@ -1,0 +1,199 @@
+/**
+ * One client connection of the page server: reads GET/CLOSE headers, answers them strictly in
+ * order, streams page data with backpressure, and ends the session with a typed reason on any
+ * bad input. Nothing here can take the server down: every failure ends this session only.
+ */
+import type { Socket } from 'node:net';
+import {
+  HeaderDecoder, PS_IOV, PS_PAGE_SIZE, PS_PAGE_SIZE_N, ProtocolError, checkRequest, commandName, commandOf,
+  encodeGetReply, encodeStatus, hex, type PsHeader,
+} from '../pagesource/protocol.js';
+import type { Catalog } from './catalog.js';
+import type { SessionEndReason } from './events.js';
+import type { PageReader } from './page-reader.js';
+
+export interface SessionOptions {
+  /** A reply the client does not read for this long ends the session (ms). */
+  stallTimeoutMs: number;
+  /** Largest piece of page data read and written at once: bounds memory per session. */
+  chunkBytes: number;
+  /** Requests queued beyond this pause reading from the socket (pipelining is bounded, not unlimited). */
+  maxQueued: number;
+}
+
+export interface SessionEnd {
+  reason: SessionEndReason;
+  detail: string;
+  ok: boolean;
+  requests: number;
+  pagesSent: number;
+}
+
+class EndSession extends Error {
+  constructor(readonly reason: SessionEndReason, readonly detail: string, readonly ok = false) {
+    super(detail);
+  }
+}
+
+export class Session {
+  private readonly decoder = new HeaderDecoder();
+  private readonly queue: PsHeader[] = [];
+  private busy = false;
+  private ended = false;
+  private requests = 0;
+  private pagesSent = 0;
+  /** Rejects a pending drain wait when the socket goes away. */
+  private onGone?: (e: EndSession) => void;
+  readonly done: Promise<SessionEnd>;
+  private resolveDone!: (e: SessionEnd) => void;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly catalog: Catalog,
+    private readonly reader: PageReader,
+    private readonly o: SessionOptions,
+  ) {
+    this.done = new Promise((r) => (this.resolveDone = r));
+    socket.setNoDelay(true);
+    socket.on('data', (c: Buffer) => this.onData(c));
+    socket.on('error', () => {
+      /* 'close' follows and decides the reason */
+    });
+    socket.on('end', () => {
+      if (this.decoder.pending > 0) {
+        this.finish(new EndSession('malformed-header', `connection ended inside a header: ${this.decoder.pending} of 32 bytes at stream offset ${this.decoder.offset}`));
+      }
+    });
+    socket.on('close', () => {
+      const pending = this.busy || this.queue.length > 0;
+      const e = pending
+        ? new EndSession('client-disconnected-mid-reply', 'the client went away before its replies were sent')
+        : new EndSession('client-disconnected', 'the client disconnected without CLOSE', true);
+      this.onGone?.(e);
+      this.finish(e);
+    });
+  }
+
+  /** Ends the session from outside (server shutting down). */
+  abort(reason: SessionEndReason, detail: string): void {
+    const e = new EndSession(reason, detail);
+    this.onGone?.(e);
+    this.finish(e);
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.ended) return;
+    for (const { header, offset } of this.decoder.push(chunk)) {
+      try {
+        checkRequest(header, offset);
+      } catch (e) {
+        const pe = e as ProtocolError;
+        this.finish(new EndSession(pe.kind === 'unknown-command' ? 'unknown-command' : pe.kind === 'truncated' ? 'malformed-header' : 'bad-request', pe.message));
+        return;
+      }
+      this.queue.push(header);
+    }
+    if (this.queue.length > this.o.maxQueued) this.socket.pause();
+    void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      while (!this.ended && this.queue.length > 0) {
+        const h = this.queue.shift()!;
+        if (this.socket.isPaused() && this.queue.length <= this.o.maxQueued / 2) this.socket.resume();
+        this.requests++;
+        await this.handle(h);
+      }
+    } catch (e) {
+      this.finish(e instanceof EndSession ? e : new EndSession('image-error', (e as Error).message));
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async handle(h: PsHeader): Promise<void> {
+    switch (commandOf(h.cmd)) {
+      case PS_IOV.GET:
+        return this.serveGet(h);
+      case PS_IOV.CLOSE:
+      case PS_IOV.FORCE_CLOSE:
+        this.socket.end(encodeStatus(0));
+        throw new EndSession('close', `client sent ${commandName(h.cmd)}`, true);
+      default:
+        throw new EndSession('unsupported-command', `command ${commandName(h.cmd)} is not part of a lazy-pages session (only GET and CLOSE are)`);
+    }
+  }
+
+  private async serveGet(h: PsHeader): Promise<void> {
+    const pid = Number(h.dstId);
+    if (!this.catalog.hasPid(pid)) throw new EndSession('unknown-pid', `GET for pid ${pid}, which is not in this checkpoint`);
+    const run = this.catalog.find(pid, h.vaddr);
+    if (!run) throw new EndSession('no-such-pages', `GET for pid ${pid} at ${hex(h.vaddr)}: no lazy page with data here`);
+    // Clamp at the end of the contiguous run: the client asks again for the rest (CRIU does the same).
+    const avail = (run.end - h.vaddr) / PS_PAGE_SIZE_N;
+    const pages = Number(h.nrPages < avail ? h.nrPages : avail);
+    const total = pages * PS_PAGE_SIZE;
+    const offset = run.offset + (h.vaddr - run.start);
+    const step = this.o.chunkBytes;
+    const readAt = (done: number) => {
+      const p = this.reader.read(run.file, offset + BigInt(done), Math.min(step, total - done));
+      p.catch(() => undefined); // awaited below; never an unhandled rejection if we bail out first
+      return p;
+    };
+    let next = readAt(0);
+    let first = true;
+    for (let done = 0; done < total;) {
+      const buf = await next;
+      if (this.ended) return;
+      done += buf.length;
+      // Read the next piece while this one is being sent: disk and socket work overlap.
+      if (done < total) next = readAt(done);
+      let ok: boolean;
+      if (first) {
+        // Header and first data in one writev: a 1-page fault reply is a single segment.
+        this.socket.cork();
+        this.socket.write(encodeGetReply(pid, h.vaddr, pages));
+        ok = this.socket.write(buf);
+        this.socket.uncork();
+        first = false;
+      } else ok = this.socket.write(buf);
+      if (!ok) await this.drain();
+    }
+    this.pagesSent += pages;
+  }
+
+  /** Waits for the socket to take more data; a client that stops reading ends the session. */
+  private drain(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new EndSession('client-stalled', `the client read nothing for ${this.o.stallTimeoutMs} ms with a reply pending`));
+      }, this.o.stallTimeoutMs);
+      const onDrain = () => {
+        cleanup();
+        resolve();
+      };
+      const cleanup = () => {
+        clearTimeout(timer);
+        this.socket.off('drain', onDrain);
+        this.onGone = undefined;
+      };
+      this.onGone = (e) => {
+        cleanup();
+        reject(e);
+      };
+      this.socket.on('drain', onDrain);
+    });
+  }
+
+  private finish(e: EndSession): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.queue.length = 0;
+    if (!e.ok) this.socket.destroy();
+    this.resolveDone({ reason: e.reason, detail: e.detail, ok: e.ok, requests: this.requests, pagesSent: this.pagesSent });
+  }
+}
