@@ -26,6 +26,8 @@ export interface PageServerOptions {
   stallTimeoutMs?: number;
   /** Bytes read from a pages file and written per step (default 1 MiB). */
   chunkBytes?: number;
+  /** Largest reply in pages (default: no limit below the protocol's 2^20): longer GETs get short replies. */
+  maxReplyPages?: number;
 }
 
 export interface PageServer {
@@ -60,6 +62,7 @@ export async function startPageServer(opts: PageServerOptions): Promise<PageServ
     stallTimeoutMs: opts.stallTimeoutMs ?? 30_000,
     chunkBytes: opts.chunkBytes ?? 1 << 20,
     maxQueued: 1024,
+    maxReplyPages: opts.maxReplyPages ?? Number.MAX_SAFE_INTEGER,
   };
 
   const live = new Set<Session>();

@@ -19,6 +19,8 @@ export interface SessionOptions {
   chunkBytes: number;
   /** Requests queued beyond this pause reading from the socket (pipelining is bounded, not unlimited). */
   maxQueued: number;
+  /** Largest reply in pages; longer GETs are answered short and the client asks again. */
+  maxReplyPages: number;
 }
 
 export interface SessionEnd {
@@ -134,7 +136,7 @@ export class Session {
     if (!run) throw new EndSession('no-such-pages', `GET for pid ${pid} at ${hex(h.vaddr)}: no lazy page with data here`);
     // Clamp at the end of the contiguous run: the client asks again for the rest (CRIU does the same).
     const avail = (run.end - h.vaddr) / PS_PAGE_SIZE_N;
-    const pages = Number(h.nrPages < avail ? h.nrPages : avail);
+    const pages = Math.min(Number(h.nrPages < avail ? h.nrPages : avail), this.o.maxReplyPages);
     const total = pages * PS_PAGE_SIZE;
     const offset = run.offset + (h.vaddr - run.start);
     const step = this.o.chunkBytes;
