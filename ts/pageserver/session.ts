@@ -31,6 +31,9 @@ export interface SessionEnd {
   pagesSent: number;
 }
 
+/** Ends caused by a bad request: earlier replies are still delivered before the connection closes. */
+const GRACEFUL = new Set<SessionEndReason>(['malformed-header', 'unknown-command', 'unsupported-command', 'bad-request', 'unknown-pid', 'no-such-pages']);
+
 class EndSession extends Error {
   constructor(readonly reason: SessionEndReason, readonly detail: string, readonly ok = false) {
     super(detail);
@@ -39,7 +42,9 @@ class EndSession extends Error {
 
 export class Session {
   private readonly decoder = new HeaderDecoder();
-  private readonly queue: PsHeader[] = [];
+  private readonly queue: (PsHeader | EndSession)[] = [];
+  /** A bad header was queued: read nothing more. */
+  private poisoned = false;
   private busy = false;
   private ended = false;
   private requests = 0;
@@ -84,16 +89,18 @@ export class Session {
   }
 
   private onData(chunk: Buffer): void {
-    if (this.ended) return;
+    if (this.ended || this.poisoned) return;
     for (const { header, offset } of this.decoder.push(chunk)) {
       try {
         checkRequest(header, offset);
+        this.queue.push(header);
       } catch (e) {
+        // Requests before the bad header are still answered, in order; then the session ends.
         const pe = e as ProtocolError;
-        this.finish(new EndSession(pe.kind === 'unknown-command' ? 'unknown-command' : pe.kind === 'truncated' ? 'malformed-header' : 'bad-request', pe.message));
-        return;
+        this.queue.push(new EndSession(pe.kind === 'unknown-command' ? 'unknown-command' : 'bad-request', pe.message));
+        this.poisoned = true;
+        break;
       }
-      this.queue.push(header);
     }
     if (this.queue.length > this.o.maxQueued) this.socket.pause();
     void this.pump();
@@ -105,6 +112,7 @@ export class Session {
     try {
       while (!this.ended && this.queue.length > 0) {
         const h = this.queue.shift()!;
+        if (h instanceof EndSession) throw h;
         if (this.socket.isPaused() && this.queue.length <= this.o.maxQueued / 2) this.socket.resume();
         this.requests++;
         await this.handle(h);
@@ -195,7 +203,11 @@ export class Session {
     if (this.ended) return;
     this.ended = true;
     this.queue.length = 0;
-    if (!e.ok) this.socket.destroy();
+    if (GRACEFUL.has(e.reason)) {
+      // Let replies already written reach the client, but never wait on it for long.
+      this.socket.end();
+      setTimeout(() => this.socket.destroy(), this.o.stallTimeoutMs).unref();
+    } else if (!e.ok) this.socket.destroy();
     this.resolveDone({ reason: e.reason, detail: e.detail, ok: e.ok, requests: this.requests, pagesSent: this.pagesSent });
   }
 }
