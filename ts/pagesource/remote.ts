@@ -52,21 +52,24 @@ class Lane {
   inFlightBytes = 0;
   closing = false;
 
+  /** Reused receive buffer for headers and small replies when reading with `onread`. */
+  private readonly scratch = Buffer.allocUnsafe(64 * 1024);
+  /** The chunk being parsed may be handed out as a view (false for the reused scratch buffer). */
+  private ownChunk = true;
+
   constructor(
     readonly name: string,
     private readonly socket: net.Socket,
+    /** The socket reads through `readTarget()` / `received()` (plain TCP) instead of 'data' events (TLS). */
+    private readonly direct: boolean,
     private readonly fail: (why: string) => void,
     /** Called when background bytes come in, so more queued fetches can go out. */
     private readonly onReceived: () => void,
   ) {
     socket.setNoDelay(true);
-    socket.on('data', (c: Buffer) => {
-      try {
-        this.onData(c);
-      } catch (e) {
-        fail((e as Error).message);
-      }
-    });
+    if (!this.direct) {
+      socket.on('data', (c: Buffer) => this.received(c, c.length, true));
+    }
     socket.on('error', (e: NodeJS.ErrnoException) => fail(`${name} connection: ${e.code ?? e.message}`));
     socket.on('close', () => {
       if (!(this.closing && this.fifo.length === 0)) {
@@ -107,6 +110,38 @@ class Lane {
     this.closing = true;
     this.fifo.length = 0;
     this.socket.destroy();
+  }
+
+  /**
+   * Where the kernel should put the next bytes (plain TCP, `onread`): straight into the fetch's
+   * own Buffer while a reply's data is arriving, so big replies are never copied in user space;
+   * otherwise the scratch buffer, parsed and copied like a 'data' chunk.
+   */
+  readTarget(): Buffer {
+    const c = this.cur;
+    if (!c || c.left < 16 * 1024) return this.scratch;
+    const f = c.w.f;
+    f.buf ??= Buffer.allocUnsafe(bytes(f.pages));
+    const at = bytes(c.w.page0 + c.replyPages) - c.left;
+    return f.buf.subarray(at, at + c.left);
+  }
+
+  /** `n` bytes arrived in `buf` (a 'data' chunk we own, the scratch buffer, or a readTarget() view). */
+  received(buf: Buffer, n: number, own: boolean): void {
+    try {
+      const c = this.cur;
+      if (c && buf !== this.scratch && own === false) {
+        // Landed in place inside the fetch's Buffer.
+        this.lastProgress = Date.now();
+        c.left -= n;
+        if (c.left === 0) this.endReply(c.w.f.buf!);
+        return;
+      }
+      this.ownChunk = own;
+      this.onData(n === buf.length ? buf : buf.subarray(0, n));
+    } catch (e) {
+      this.fail((e as Error).message);
+    }
   }
 
   private onData(chunk: Buffer): void {
@@ -150,7 +185,7 @@ class Lane {
     const f = c.w.f;
     const avail = chunk.length - i;
     // The whole fetch answered by one reply lying inside this chunk: hand out a view, no copy.
-    if (!f.buf && c.left === bytes(f.pages) && avail >= c.left) {
+    if (this.ownChunk && !f.buf && c.left === bytes(f.pages) && avail >= c.left) {
       const view = chunk.subarray(i, i + c.left);
       this.endReply(view);
       return i + view.length;
@@ -217,8 +252,11 @@ export class RemotePageSource {
     const server = `${o.address}:${o.port}`;
     if (!Number.isInteger(o.port) || o.port < 1 || o.port > 65535) throw new UserError('EOPTION', `page server ${server}: port must be 1-65535`);
     const secure = o.tls ? loadTls(o.tls) : undefined;
-    const open = () => dial(o.address, o.port, timeoutMs, secure && { ...secure, noCnVerify: !!o.tls?.noCnVerify });
-    const sockets = await Promise.allSettled([open(), open()]);
+    // Plain TCP reads through onread so reply data lands directly in the fetch Buffers; the
+    // hooks forward to the Lane, which exists only once the socket has connected.
+    const hooks = [{ lane: undefined as Lane | undefined }, { lane: undefined as Lane | undefined }];
+    const open = (k: number) => dial(o.address, o.port, timeoutMs, secure && { ...secure, noCnVerify: !!o.tls?.noCnVerify }, secure ? undefined : hooks[k]);
+    const sockets = await Promise.allSettled([open(0), open(1)]);
     const bad = sockets.find((s) => s.status === 'rejected');
     if (bad) {
       for (const s of sockets) if (s.status === 'fulfilled') s.value.destroy();
@@ -228,7 +266,10 @@ export class RemotePageSource {
     let src: RemotePageSource | undefined;
     const fail = (why: string) => src?.fail(why);
     const pump = () => src?.pump();
-    src = new RemotePageSource(server, new Lane('background', bg, fail, pump), new Lane('urgent', ur, fail, () => undefined), {
+    const direct = !secure;
+    hooks[0]!.lane = new Lane('background', bg, direct, fail, pump);
+    hooks[1]!.lane = new Lane('urgent', ur, direct, fail, () => undefined);
+    src = new RemotePageSource(server, hooks[0]!.lane, hooks[1]!.lane, {
       timeoutMs, backgroundWindowBytes: o.backgroundWindowBytes ?? 16 << 20, onError: o.onError,
     });
     return src;
@@ -326,7 +367,10 @@ export class RemotePageSource {
 
 /** One connected socket (TLS when `secure`), or an error once `timeoutMs` passes. */
 function dial(address: string, port: number, timeoutMs: number,
-  secure?: { ca: Buffer; cert: Buffer; key: Buffer; crl?: Buffer; noCnVerify: boolean }): Promise<net.Socket> {
+  secure?: { ca: Buffer; cert: Buffer; key: Buffer; crl?: Buffer; noCnVerify: boolean }, hook?: { lane?: Lane }): Promise<net.Socket> {
+  // Bytes cannot arrive before the Lane exists (we send first; the server never speaks first),
+  // but a stray early byte must still not be lost or crash: it lands in a throwaway buffer.
+  const early = Buffer.allocUnsafe(4096);
   return new Promise((resolve, reject) => {
     const s: net.Socket = secure
       ? tls.connect({
@@ -334,7 +378,18 @@ function dial(address: string, port: number, timeoutMs: number,
         servername: net.isIP(address) ? undefined : address,
         checkServerIdentity: (_host, cert) => (secure.noCnVerify ? undefined : checkServerName(address, cert)),
       })
-      : net.connect({ host: address, port });
+      : net.connect({
+        host: address, port,
+        ...(hook && {
+          onread: {
+            buffer: () => hook.lane?.readTarget() ?? early,
+            callback: (n: number, buf: Uint8Array) => {
+              hook.lane?.received(buf as Buffer, n, buf === early ? true : false);
+              return true;
+            },
+          },
+        }),
+      });
     const timer = setTimeout(() => {
       s.destroy();
       reject(new Error(`no connection after ${timeoutMs} ms`));
