@@ -24,7 +24,7 @@ export interface PageServerOptions {
   onEvent?: PageServerEventHandler;
   /** A client that reads nothing of a pending reply for this long loses its session (default 30 s). */
   stallTimeoutMs?: number;
-  /** Bytes read from a pages file and written per step (default 1 MiB). */
+  /** Bytes read from a pages file and written per step (default 4 MiB; with one read ahead, ≤ 8 MiB per busy session). */
   chunkBytes?: number;
   /** Largest reply in pages (default: no limit below the protocol's 2^20): longer GETs get short replies. */
   maxReplyPages?: number;
@@ -60,7 +60,7 @@ export async function startPageServer(opts: PageServerOptions): Promise<PageServ
   const reader = new PageReader();
   const sessionOpts: SessionOptions = {
     stallTimeoutMs: opts.stallTimeoutMs ?? 30_000,
-    chunkBytes: opts.chunkBytes ?? 1 << 20,
+    chunkBytes: opts.chunkBytes ?? 4 << 20,
     maxQueued: 1024,
     maxReplyPages: opts.maxReplyPages ?? Number.MAX_SAFE_INTEGER,
   };
