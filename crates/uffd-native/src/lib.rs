@@ -1,8 +1,21 @@
-//! napi exports only: the kernel side of lazy-pages.
-use napi_derive::napi;
+//! napi exports only: the kernel side of lazy-pages. Each export is a thin shell over a module with one job.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
-/// The native core's version, for diagnostics.
-#[napi]
-pub fn native_version() -> String {
-    env!("CARGO_PKG_VERSION").to_string()
-}
+pub mod errors;
+pub mod event_loop;
+pub mod handover;
+pub mod image;
+pub mod msg;
+pub mod outbox;
+pub mod table;
+pub mod uffd;
+
+// The napi layer needs Node's symbols at link time, so unit tests (a plain executable) leave it out.
+#[cfg(not(test))]
+mod js;
+
+#[cfg(not(test))]
+pub use js::*;
+
+#[cfg(test)]
+mod test_stubs;

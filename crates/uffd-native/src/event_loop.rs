@@ -1,0 +1,670 @@
+//! THE FAST PATH: one native thread, one epoll, owning the uffds of every served process.
+//!
+//! Faults are served from the installed translation table straight out of the mmapped image (read + one
+//! ioctl per fault, no allocation, no lock shared with JS). Everything else TS asks for (tables, copies,
+//! wakes, unregisters) is queued to this same thread, so it is serialised with event reads: that is what
+//! makes acting on layout-change events race-free.
+//!
+//! Correctness rule for non-cooperative events (FORK/REMAP/REMOVE/UNMAP): the kernel queues faults before
+//! events, and once an event has been read COPY no longer fails with EAGAIN. So faults that precede an event in
+//! the same read batch are only woken (the thread re-faults), the process is PAUSED at the event, and later
+//! faults are queued until TS installs the next table (with a new generation).
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::image::PageImage;
+use crate::msg::{self, Event, MSG_SIZE};
+use crate::outbox::Outbox;
+use crate::table::{Kind, Table, PAGE};
+use crate::uffd::{CopyResult, Uffd};
+
+/// Messages read per read(): a batch.
+const BATCH: usize = 64;
+/// Default size of one piece of a long copy.
+pub const DEFAULT_PIECE: u64 = 1 << 20;
+
+const TOK_WAKE: u64 = 0;
+const TOK_UFFD: u64 = 1;
+const TOK_PIDFD: u64 = 2;
+
+fn token(kind: u64, id: u32) -> u64 {
+  (kind << 32) | id as u64
+}
+
+/// How a page was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+  Copy,
+  Zero,
+}
+
+/// Completion status of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+  Ok,
+  Again,
+  Exists,
+  NoEnt,
+  Gone,
+  Stale,
+  Error,
+}
+
+impl Status {
+  /// The JS spelling.
+  pub fn as_str(&self) -> &'static str {
+    match self {
+      Status::Ok => "ok",
+      Status::Again => "again",
+      Status::Exists => "exists",
+      Status::NoEnt => "noent",
+      Status::Gone => "gone",
+      Status::Stale => "stale",
+      Status::Error => "error",
+    }
+  }
+}
+
+/// Reports to TS.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Out {
+  Served { proc_id: u32, live: u64, image: u64, len: u64, how: How },
+  PageFault { proc_id: u32, address: u64, flags: u64, gen: u32 },
+  Fork { proc_id: u32, child_proc_id: u32 },
+  Remap { proc_id: u32, from: u64, to: u64, len: u64 },
+  Remove { proc_id: u32, start: u64, end: u64 },
+  Unmap { proc_id: u32, start: u64, end: u64 },
+  Done { proc_id: u32, req_id: u32, status: Status, bytes: u64, errno: Option<i32> },
+  Exit { proc_id: u32 },
+  Gone { proc_id: u32, reason: String },
+  Error { proc_id: Option<u32>, message: String },
+}
+
+/// Per-process counters, readable from JS without touching the loop thread.
+#[derive(Debug, Default)]
+pub struct Counters {
+  pub faults: AtomicU64,
+  pub copy_pages: AtomicU64,
+  pub zero_pages: AtomicU64,
+  pub forwarded: AtomicU64,
+  pub bytes: AtomicU64,
+  pub paused: AtomicBool,
+  pub gen: AtomicU32,
+}
+
+/// Where a request's bytes come from.
+pub enum Source {
+  Image(PageImage, u64),
+  Buffer(Vec<u8>),
+  Zero,
+}
+
+/// A TS-driven request.
+pub struct Job {
+  pub proc_id: u32,
+  pub req_id: u32,
+  pub gen: u32,
+  pub src: Source,
+  pub dst: u64,
+  pub len: u64,
+  pub urgent: bool,
+  done: u64,
+  copied: u64,
+}
+
+impl Job {
+  /// A new request of `len` bytes to `dst`.
+  pub fn new(proc_id: u32, req_id: u32, gen: u32, src: Source, dst: u64, len: u64, urgent: bool) -> Job {
+    Job { proc_id, req_id, gen, src, dst, len, urgent, done: 0, copied: 0 }
+  }
+}
+
+/// Commands from JS to the loop thread.
+pub enum Cmd {
+  AddImage(u32, PageImage),
+  AddProcess { proc_id: u32, uffd: Uffd, pid: i32, counters: Arc<Counters> },
+  Install { proc_id: u32, gen: u32, table: Table },
+  Job(Job),
+  Wake { proc_id: u32, start: u64, len: u64 },
+  Unregister { proc_id: u32, start: u64, len: u64 },
+  Pause(u32),
+  Remove(u32),
+  PieceBytes(u64),
+}
+
+/// State shared by the JS handle and the thread.
+pub struct Shared {
+  cmds: Mutex<VecDeque<Cmd>>,
+  wake: OwnedFd,
+  stop: AtomicBool,
+  /// Next process id (the thread allocates ids for fork children too).
+  pub next_proc: AtomicU32,
+  /// Counters by process id (for `stats`).
+  pub counters: Mutex<HashMap<u32, Arc<Counters>>>,
+  /// Reports to JS.
+  pub outbox: Outbox<Out>,
+}
+
+impl Shared {
+  /// Queues a command and wakes the thread.
+  pub fn send(&self, c: Cmd) {
+    self.cmds.lock().unwrap_or_else(|p| p.into_inner()).push_back(c);
+    self.kick();
+  }
+
+  fn kick(&self) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes to our own eventfd (never fails but with EAGAIN on counter overflow, harmless).
+    unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+  }
+}
+
+/// The JS-side handle: owns the thread.
+pub struct LoopHandle {
+  pub shared: Arc<Shared>,
+  thread: Option<JoinHandle<()>>,
+}
+
+/// Errors starting the loop.
+#[derive(Debug)]
+pub struct StartError(pub std::io::Error);
+
+impl std::fmt::Display for StartError {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    write!(f, "event loop: cannot start: {}", self.0)
+  }
+}
+
+impl crate::errors::Coded for StartError {
+  fn code(&self) -> &'static str {
+    "ELOOP"
+  }
+}
+
+impl LoopHandle {
+  /// Starts the thread; `notify` schedules a JS callback that drains `shared.outbox`.
+  pub fn start(notify: Box<dyn Fn() + Send + Sync>) -> Result<LoopHandle, StartError> {
+    let err = || StartError(std::io::Error::last_os_error());
+    // SAFETY: epoll_create1 with CLOEXEC; checked.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+      return Err(err());
+    }
+    // SAFETY: fresh fd.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    // SAFETY: eventfd with flags; checked.
+    let w = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if w < 0 {
+      return Err(err());
+    }
+    // SAFETY: fresh fd.
+    let wake = unsafe { OwnedFd::from_raw_fd(w) };
+    epoll_add(ep.as_raw_fd(), wake.as_raw_fd(), token(TOK_WAKE, 0)).map_err(StartError)?;
+    let shared = Arc::new(Shared {
+      cmds: Mutex::new(VecDeque::new()),
+      wake,
+      stop: AtomicBool::new(false),
+      next_proc: AtomicU32::new(1),
+      counters: Mutex::new(HashMap::new()),
+      outbox: Outbox::new(notify),
+    });
+    let s2 = shared.clone();
+    let thread = std::thread::Builder::new()
+      .name("lazy-pages-uffd".into())
+      .spawn(move || Loop::new(ep, s2).run())
+      .map_err(StartError)?;
+    Ok(LoopHandle { shared, thread: Some(thread) })
+  }
+
+  /// Stops the thread (closing every uffd and pidfd it owns). Idempotent.
+  pub fn close(&mut self) {
+    self.shared.stop.store(true, Ordering::SeqCst);
+    self.shared.kick();
+    if let Some(t) = self.thread.take() {
+      let _ = t.join();
+    }
+  }
+
+  /// True once closed.
+  pub fn is_closed(&self) -> bool {
+    self.thread.is_none()
+  }
+}
+
+impl Drop for LoopHandle {
+  fn drop(&mut self) {
+    self.close();
+  }
+}
+
+fn epoll_add(ep: RawFd, fd: RawFd, tok: u64) -> std::io::Result<()> {
+  let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: tok };
+  // SAFETY: `ev` is valid for the call; both fds are open.
+  if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+    return Err(std::io::Error::last_os_error());
+  }
+  Ok(())
+}
+
+fn epoll_del(ep: RawFd, fd: RawFd) {
+  // SAFETY: removing an fd from our epoll set; errors (already removed) are irrelevant.
+  unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+  // SAFETY: plain syscall; checked.
+  let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
+  // SAFETY: fresh fd when r >= 0.
+  (r >= 0).then(|| unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+struct Proc {
+  uffd: Uffd,
+  pidfd: Option<OwnedFd>,
+  paused: bool,
+  gen: u32,
+  table: Table,
+  queued: Vec<(u64, u64)>,
+  counters: Arc<Counters>,
+  dead: bool,
+}
+
+struct Loop {
+  ep: OwnedFd,
+  shared: Arc<Shared>,
+  procs: HashMap<u32, Proc>,
+  images: HashMap<u32, PageImage>,
+  urgent: VecDeque<Job>,
+  background: VecDeque<Job>,
+  piece: u64,
+  out: Vec<Out>,
+}
+
+impl Loop {
+  fn new(ep: OwnedFd, shared: Arc<Shared>) -> Loop {
+    Loop {
+      ep,
+      shared,
+      procs: HashMap::new(),
+      images: HashMap::new(),
+      urgent: VecDeque::new(),
+      background: VecDeque::new(),
+      piece: DEFAULT_PIECE,
+      out: Vec::with_capacity(256),
+    }
+  }
+
+  fn run(mut self) {
+    // SAFETY: zero is a valid epoll_event.
+    let mut evs: [libc::epoll_event; 32] = unsafe { std::mem::zeroed() };
+    loop {
+      let busy = !self.urgent.is_empty() || !self.background.is_empty();
+      // SAFETY: `evs` is a valid buffer of 32 events.
+      let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), evs.as_mut_ptr(), 32, if busy { 0 } else { -1 }) };
+      if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+          self.out.push(Out::Error { proc_id: None, message: format!("event loop: epoll_wait failed: {e}") });
+          self.flush();
+          return;
+        }
+      }
+      for ev in evs.iter().take(n.max(0) as usize) {
+        let (tok, flags) = (ev.u64, ev.events);
+        let id = tok as u32;
+        match tok >> 32 {
+          TOK_WAKE => self.drain_commands(),
+          TOK_UFFD => self.on_uffd(id, flags),
+          TOK_PIDFD => self.on_exit(id),
+          _ => {}
+        }
+      }
+      if self.shared.stop.load(Ordering::SeqCst) {
+        self.flush();
+        return; // dropping `self` closes every uffd/pidfd
+      }
+      self.run_one_piece();
+      self.flush();
+    }
+  }
+
+  fn flush(&mut self) {
+    self.shared.outbox.push_all(&mut self.out);
+  }
+
+  fn drain_commands(&mut self) {
+    let mut buf = [0u8; 8];
+    // SAFETY: reads the eventfd counter into an 8-byte buffer (EAGAIN when already drained is fine).
+    unsafe { libc::read(self.shared.wake.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, 8) };
+    loop {
+      let cmd = self.shared.cmds.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+      let Some(cmd) = cmd else { break };
+      self.on_command(cmd);
+    }
+  }
+
+  fn on_command(&mut self, cmd: Cmd) {
+    match cmd {
+      Cmd::AddImage(id, img) => {
+        self.images.insert(id, img);
+      }
+      Cmd::AddProcess { proc_id, uffd, pid, counters } => {
+        if let Err(e) = epoll_add(self.ep.as_raw_fd(), uffd.raw(), token(TOK_UFFD, proc_id)) {
+          self.out.push(Out::Error { proc_id: Some(proc_id), message: format!("event loop: cannot watch uffd: {e}") });
+        }
+        let mut pidfd = None;
+        if pid > 0 {
+          match pidfd_open(pid) {
+            Some(fd) => {
+              let _ = epoll_add(self.ep.as_raw_fd(), fd.as_raw_fd(), token(TOK_PIDFD, proc_id));
+              pidfd = Some(fd);
+            }
+            // Already dead (or not ours to see): report it now rather than never.
+            None => self.out.push(Out::Exit { proc_id }),
+          }
+        }
+        counters.paused.store(true, Ordering::Relaxed);
+        self.procs.insert(
+          proc_id,
+          Proc { uffd, pidfd, paused: true, gen: 0, table: Table::default(), queued: Vec::new(), counters, dead: false },
+        );
+      }
+      Cmd::Install { proc_id, gen, table } => {
+        let Some(p) = self.procs.get_mut(&proc_id) else { return };
+        p.table = table;
+        p.gen = gen;
+        p.paused = false;
+        p.counters.paused.store(false, Ordering::Relaxed);
+        p.counters.gen.store(gen, Ordering::Relaxed);
+        let queued = std::mem::take(&mut p.queued);
+        for (addr, flags) in queued {
+          self.serve(proc_id, addr, flags);
+        }
+      }
+      Cmd::Job(j) => {
+        if j.urgent {
+          self.urgent.push_back(j)
+        } else {
+          self.background.push_back(j)
+        }
+      }
+      Cmd::Wake { proc_id, start, len } => {
+        if let Some(p) = self.procs.get(&proc_id) {
+          if let Err(e) = p.uffd.wake(start, len) {
+            self.out.push(Out::Error { proc_id: Some(proc_id), message: e.to_string() });
+          }
+        }
+      }
+      Cmd::Unregister { proc_id, start, len } => {
+        if let Some(p) = self.procs.get(&proc_id) {
+          if let Err(e) = p.uffd.unregister(start, len) {
+            self.out.push(Out::Error { proc_id: Some(proc_id), message: e.to_string() });
+          }
+        }
+      }
+      Cmd::Pause(proc_id) => {
+        if let Some(p) = self.procs.get_mut(&proc_id) {
+          p.paused = true;
+          p.counters.paused.store(true, Ordering::Relaxed);
+        }
+      }
+      Cmd::Remove(proc_id) => {
+        if let Some(p) = self.procs.remove(&proc_id) {
+          epoll_del(self.ep.as_raw_fd(), p.uffd.raw());
+          if let Some(fd) = &p.pidfd {
+            epoll_del(self.ep.as_raw_fd(), fd.as_raw_fd());
+          }
+        }
+        self.shared.counters.lock().unwrap_or_else(|p| p.into_inner()).remove(&proc_id);
+      }
+      Cmd::PieceBytes(b) => self.piece = b.max(PAGE) / PAGE * PAGE,
+    }
+  }
+
+  fn on_exit(&mut self, proc_id: u32) {
+    if let Some(p) = self.procs.get_mut(&proc_id) {
+      if let Some(fd) = p.pidfd.take() {
+        epoll_del(self.ep.as_raw_fd(), fd.as_raw_fd());
+      }
+    }
+    self.out.push(Out::Exit { proc_id });
+  }
+
+  fn mark_gone(&mut self, proc_id: u32, reason: String) {
+    if let Some(p) = self.procs.get_mut(&proc_id) {
+      if p.dead {
+        return;
+      }
+      p.dead = true;
+      epoll_del(self.ep.as_raw_fd(), p.uffd.raw());
+    }
+    self.out.push(Out::Gone { proc_id, reason });
+  }
+
+  /// Reads and handles every message the uffd has (batches of 64).
+  fn on_uffd(&mut self, proc_id: u32, ep_flags: u32) {
+    let mut buf = [0u8; BATCH * MSG_SIZE];
+    loop {
+      let Some(p) = self.procs.get(&proc_id) else { return };
+      let fd = p.uffd.raw();
+      // SAFETY: reads into our stack buffer of the given size.
+      let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+      if n < 0 {
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+          Some(libc::EAGAIN) => {
+            if ep_flags & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+              self.mark_gone(proc_id, "the userfaultfd hung up (process exited)".into());
+            }
+          }
+          Some(libc::EINTR) => continue,
+          _ => self.mark_gone(proc_id, format!("read from userfaultfd failed: {e}")),
+        }
+        return;
+      }
+      let n = n as usize;
+      if n == 0 {
+        self.mark_gone(proc_id, "the userfaultfd reached end of file".into());
+        return;
+      }
+      let count = n / MSG_SIZE;
+      // Index of the first layout-change event in this batch (faults before it are only woken).
+      let first_event = (0..count).find(|&i| buf[i * MSG_SIZE] != 0x12);
+      for i in 0..count {
+        let m = &buf[i * MSG_SIZE..(i + 1) * MSG_SIZE];
+        match msg::decode(m) {
+          Ok(Event::PageFault { flags, address, .. }) => {
+            let addr = address & !(PAGE - 1);
+            let p = self.procs.get_mut(&proc_id).expect("proc present");
+            p.counters.faults.fetch_add(1, Ordering::Relaxed);
+            if first_event.is_some_and(|k| i < k) {
+              // The layout may already differ from the table: let the thread re-fault after TS catches up.
+              let _ = p.uffd.wake(addr, PAGE);
+            } else if p.paused {
+              p.queued.push((addr, flags));
+            } else {
+              self.serve(proc_id, addr, flags);
+            }
+          }
+          Ok(ev) => self.on_layout_event(proc_id, ev),
+          Err(e) => self.out.push(Out::Error { proc_id: Some(proc_id), message: e.to_string() }),
+        }
+      }
+      if n < buf.len() {
+        return;
+      }
+    }
+  }
+
+  fn on_layout_event(&mut self, proc_id: u32, ev: Event) {
+    let p = self.procs.get_mut(&proc_id).expect("proc present");
+    p.paused = true;
+    p.counters.paused.store(true, Ordering::Relaxed);
+    match ev {
+      Event::Fork { ufd } => {
+        // SAFETY: the kernel installed `ufd` in our fd table for the child; nobody else owns it.
+        let uffd = unsafe { Uffd::from_raw_uffd(ufd as RawFd) };
+        let child = self.shared.next_proc.fetch_add(1, Ordering::SeqCst);
+        let counters = Arc::new(Counters::default());
+        self.shared.counters.lock().unwrap_or_else(|p| p.into_inner()).insert(child, counters.clone());
+        self.on_command(Cmd::AddProcess { proc_id: child, uffd, pid: 0, counters });
+        self.out.push(Out::Fork { proc_id, child_proc_id: child });
+      }
+      Event::Remap { from, to, len } => self.out.push(Out::Remap { proc_id, from, to, len }),
+      Event::Remove { start, end } => self.out.push(Out::Remove { proc_id, start, end }),
+      Event::Unmap { start, end } => self.out.push(Out::Unmap { proc_id, start, end }),
+      Event::PageFault { .. } => {}
+    }
+  }
+
+  /// Serves one fault of a running process from its table.
+  fn serve(&mut self, proc_id: u32, addr: u64, flags: u64) {
+    let Some(p) = self.procs.get(&proc_id) else { return };
+    let entry = p.table.lookup(addr).copied();
+    let (res, how, image) = match entry {
+      Some(e) if e.kind == Kind::File => {
+        let (image_addr, off) = e.locate(addr);
+        let src = self.images.get(&e.image_id).and_then(|img| img.ptr_at(off, PAGE).ok());
+        let Some(src) = src else {
+          self.out.push(Out::Error { proc_id: Some(proc_id), message: format!("image {} missing for 0x{addr:x}", e.image_id) });
+          let _ = p.uffd.wake(addr, PAGE);
+          return;
+        };
+        // SAFETY: `src` points at PAGE readable bytes of a live mapping (bounds checked by ptr_at; the Arc is
+        // held in `self.images`).
+        (unsafe { p.uffd.copy(addr, src, PAGE, 0) }, How::Copy, image_addr)
+      }
+      Some(_) => {
+        p.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+        self.out.push(Out::PageFault { proc_id, address: addr, flags, gen: p.gen });
+        return;
+      }
+      None => (p.uffd.zeropage(addr, PAGE, 0), How::Zero, addr),
+    };
+    match res {
+      CopyResult::Copied(_) => {
+        let c = &p.counters;
+        match how {
+          How::Copy => c.copy_pages.fetch_add(1, Ordering::Relaxed),
+          How::Zero => c.zero_pages.fetch_add(1, Ordering::Relaxed),
+        };
+        c.bytes.fetch_add(PAGE, Ordering::Relaxed);
+        self.record_served(proc_id, addr, image, how);
+      }
+      // Already there, or a layout change is in flight: wake so the thread proceeds or re-faults.
+      CopyResult::Exists | CopyResult::Again { .. } | CopyResult::NoEnt => {
+        let _ = p.uffd.wake(addr, PAGE);
+      }
+      CopyResult::ProcessGone => self.mark_gone(proc_id, "the process is gone (ESRCH)".into()),
+      CopyResult::Other(e) => {
+        let _ = p.uffd.wake(addr, PAGE);
+        self.out.push(Out::Error {
+          proc_id: Some(proc_id),
+          message: format!("serving fault at 0x{addr:x} failed: {}", crate::uffd::errno_text(e)),
+        });
+      }
+    }
+  }
+
+  /// Appends a served page, merging with the previous report when contiguous.
+  fn record_served(&mut self, proc_id: u32, live: u64, image: u64, how: How) {
+    if let Some(Out::Served { proc_id: pp, live: pl, image: pi, len, how: ph }) = self.out.last_mut() {
+      if *pp == proc_id && *ph == how && *pl + *len == live && *pi + *len == image {
+        *len += PAGE;
+        return;
+      }
+    }
+    self.out.push(Out::Served { proc_id, live, image, len: PAGE, how });
+  }
+
+  /// Runs one piece (≤ piece bytes) of the first request, urgent ones first.
+  fn run_one_piece(&mut self) {
+    let urgent = !self.urgent.is_empty();
+    let Some(mut job) = (if urgent { self.urgent.pop_front() } else { self.background.pop_front() }) else {
+      return;
+    };
+    match self.step(&mut job) {
+      Some(done) => self.out.push(done),
+      None => {
+        if urgent {
+          self.urgent.push_front(job)
+        } else {
+          self.background.push_front(job)
+        }
+      }
+    }
+  }
+
+  /// Advances a job by one piece; returns its completion when finished.
+  ///
+  /// EEXIST: a page already present is skipped and the copy continues page by page; `bytes` counts only the
+  /// bytes this request placed, and the status is `exists` only if nothing at all was placed.
+  /// EAGAIN: a partial copy continues with the next piece; EAGAIN with nothing copied (a layout change is
+  /// pending) completes as `again` with the bytes placed so far.
+  fn step(&mut self, job: &mut Job) -> Option<Out> {
+    let done = |job: &Job, status: Status, errno: Option<i32>| {
+      Some(Out::Done { proc_id: job.proc_id, req_id: job.req_id, status, bytes: job.copied, errno })
+    };
+    let Some(p) = self.procs.get(&job.proc_id) else { return done(job, Status::Gone, None) };
+    if p.dead {
+      return done(job, Status::Gone, None);
+    }
+    if p.paused || p.gen != job.gen {
+      return done(job, Status::Stale, None);
+    }
+    if job.done >= job.len {
+      return done(job, if job.copied == 0 && job.len > 0 { Status::Exists } else { Status::Ok }, None);
+    }
+    let chunk = (job.len - job.done).min(self.piece);
+    let dst = job.dst + job.done;
+    let res = match &job.src {
+      Source::Zero => p.uffd.zeropage(dst, chunk, 0),
+      Source::Image(img, off) => match img.ptr_at(off + job.done, chunk) {
+        // SAFETY: the range was bounds-checked by ptr_at and the Arc keeps the mapping alive.
+        Ok(src) => unsafe { p.uffd.copy(dst, src, chunk, 0) },
+        Err(e) => {
+          self.out.push(Out::Error { proc_id: Some(job.proc_id), message: e.to_string() });
+          return done(job, Status::Error, Some(libc::ERANGE));
+        }
+      },
+      // SAFETY: the Vec lives in the job for the duration of the call; done+chunk <= len == vec.len().
+      Source::Buffer(v) => unsafe { p.uffd.copy(dst, v.as_ptr().add(job.done as usize), chunk, 0) },
+    };
+    let counters = p.counters.clone();
+    let account = |n: u64, job: &mut Job| {
+      job.done += n;
+      job.copied += n;
+      counters.bytes.fetch_add(n, Ordering::Relaxed);
+      match job.src {
+        Source::Zero => counters.zero_pages.fetch_add(n / PAGE, Ordering::Relaxed),
+        _ => counters.copy_pages.fetch_add(n / PAGE, Ordering::Relaxed),
+      };
+    };
+    match res {
+      CopyResult::Copied(n) => {
+        account(n.min(chunk), job);
+        None
+      }
+      CopyResult::Again { copied } if copied > 0 => {
+        account(copied, job);
+        None
+      }
+      CopyResult::Again { .. } => done(job, Status::Again, None),
+      CopyResult::Exists => {
+        job.done += PAGE.min(job.len - job.done);
+        None
+      }
+      CopyResult::NoEnt => done(job, Status::NoEnt, None),
+      CopyResult::ProcessGone => {
+        let id = job.proc_id;
+        self.mark_gone(id, "the process is gone (ESRCH)".into());
+        done(job, Status::Gone, None)
+      }
+      CopyResult::Other(e) => done(job, Status::Error, Some(e)),
+    }
+  }
+}

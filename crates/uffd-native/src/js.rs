@@ -1,0 +1,570 @@
+//! The napi classes and functions (the JS boundary): argument conversion and error mapping only.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use napi::bindgen_prelude::{BigInt, BigUint64Array, Buffer, Function};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::Status;
+use napi_derive::napi;
+
+use crate::errors::{big_u64, to_napi, ArgError, NapiErr};
+
+/// Spelled `Result` so napi-derive recognises fallible exports; errors carry a string code.
+type Result<T> = std::result::Result<T, NapiErr>;
+use crate::event_loop::{self, Cmd, Counters, How, Job, LoopHandle, Out, Source};
+use crate::handover::{self, Report, Step};
+use crate::image;
+use crate::table::{Table, PAGE};
+use crate::uffd::{self, CopyResult, MODE_DONTWAKE};
+
+/// The native core's version, for diagnostics.
+#[napi]
+pub fn native_version() -> String {
+  env!("CARGO_PKG_VERSION").to_string()
+}
+
+/// Outcome of a COPY/ZEROPAGE as seen by JS.
+#[napi(object, object_from_js = false)]
+pub struct RawCopyOutcome {
+  /// 'ok' | 'again' | 'exists' | 'noent' | 'gone' | 'error'
+  pub status: String,
+  pub bytes: f64,
+  pub errno: Option<i32>,
+  pub message: Option<String>,
+}
+
+fn outcome(r: CopyResult) -> RawCopyOutcome {
+  let (status, bytes, errno) = match r {
+    CopyResult::Copied(n) => ("ok", n, None),
+    CopyResult::Again { copied } => ("again", copied, None),
+    CopyResult::Exists => ("exists", 0, None),
+    CopyResult::NoEnt => ("noent", 0, None),
+    CopyResult::ProcessGone => ("gone", 0, None),
+    CopyResult::Other(e) => ("error", 0, Some(e)),
+  };
+  RawCopyOutcome {
+    status: status.into(),
+    bytes: bytes as f64,
+    errno,
+    message: errno.map(uffd::errno_text),
+  }
+}
+
+/// A read-only mapped pages image.
+#[napi]
+pub struct PageImage {
+  inner: Option<image::PageImage>,
+}
+
+impl PageImage {
+  fn get(&self) -> Result<&image::PageImage> {
+    self.inner.as_ref().ok_or_else(|| to_napi(ArgError::Invalid("PageImage: already closed".into())))
+  }
+}
+
+#[napi]
+impl PageImage {
+  /// Maps `path` read-only.
+  #[napi(factory)]
+  pub fn open(path: String) -> Result<PageImage> {
+    Ok(PageImage { inner: Some(image::open(Path::new(&path)).map_err(to_napi)?) })
+  }
+
+  /// File size in bytes.
+  #[napi(getter)]
+  pub fn length(&self) -> Result<f64> {
+    Ok(self.get()?.len() as f64)
+  }
+
+  /// A copy of `len` bytes at `offset` (bounds-checked).
+  #[napi]
+  pub fn read(&self, offset: f64, len: f64) -> Result<Buffer> {
+    let (off, len) = (num_u64(offset, "offset")?, num_u64(len, "len")?);
+    Ok(Buffer::from(self.get()?.slice(off, len).map_err(to_napi)?.to_vec()))
+  }
+
+  /// Drops this handle's reference (the mapping lives on while an EventLoop still uses it).
+  #[napi]
+  pub fn close(&mut self) {
+    self.inner = None;
+  }
+}
+
+fn num_u64(v: f64, what: &'static str) -> Result<u64> {
+  if !(v >= 0.0 && v.fract() == 0.0 && v <= 9_007_199_254_740_991.0) {
+    return Err(to_napi(ArgError::Invalid(format!("{what}: expected a non-negative integer, got {v}"))));
+  }
+  Ok(v as u64)
+}
+
+/// An owned userfaultfd.
+#[napi]
+pub struct Uffd {
+  inner: Option<uffd::Uffd>,
+}
+
+impl Uffd {
+  fn get(&self) -> Result<&uffd::Uffd> {
+    self.inner.as_ref().ok_or_else(|| to_napi(ArgError::Invalid("Uffd: closed or handed to an EventLoop".into())))
+  }
+}
+
+#[napi]
+impl Uffd {
+  /// A new userfaultfd with the lazy-pages features (EVENT_FORK|REMAP|REMOVE|UNMAP).
+  #[napi(factory)]
+  pub fn create() -> Result<Uffd> {
+    Ok(Uffd { inner: Some(uffd::Uffd::create().map_err(to_napi)?) })
+  }
+
+  /// Takes ownership of `fd` after checking it is a userfaultfd.
+  #[napi(factory)]
+  pub fn adopt(fd: i32) -> Result<Uffd> {
+    Ok(Uffd { inner: Some(uffd::Uffd::adopt(fd).map_err(to_napi)?) })
+  }
+
+  /// The fd number, or -1 once closed.
+  #[napi(getter)]
+  pub fn fd(&self) -> i32 {
+    self.inner.as_ref().map(|u| u.raw()).unwrap_or(-1)
+  }
+
+  /// UFFDIO_REGISTER (MODE_MISSING); returns the allowed ioctl mask.
+  #[napi]
+  pub fn register(&self, start: BigInt, len: BigInt) -> Result<BigInt> {
+    let r = self.get()?.register(big_u64(&start, "start")?, big_u64(&len, "len")?).map_err(to_napi)?;
+    Ok(BigInt::from(r))
+  }
+
+  /// UFFDIO_UNREGISTER.
+  #[napi]
+  pub fn unregister(&self, start: BigInt, len: BigInt) -> Result<()> {
+    self.get()?.unregister(big_u64(&start, "start")?, big_u64(&len, "len")?).map_err(to_napi)
+  }
+
+  /// UFFDIO_WAKE.
+  #[napi]
+  pub fn wake(&self, start: BigInt, len: BigInt) -> Result<()> {
+    self.get()?.wake(big_u64(&start, "start")?, big_u64(&len, "len")?).map_err(to_napi)
+  }
+
+  /// UFFDIO_COPY `len` bytes from `image` at `file_offset` to `dst` (bounds-checked against the image).
+  #[napi]
+  pub fn copy_from_image(
+    &self,
+    image: &PageImage,
+    file_offset: f64,
+    dst: BigInt,
+    len: f64,
+    dontwake: Option<bool>,
+  ) -> Result<RawCopyOutcome> {
+    let (off, len) = (num_u64(file_offset, "fileOffset")?, num_u64(len, "len")?);
+    let dst = big_u64(&dst, "dst")?;
+    let img = image.get()?;
+    let src = img.ptr_at(off, len).map_err(to_napi)?;
+    let mode = if dontwake.unwrap_or(false) { MODE_DONTWAKE } else { 0 };
+    // SAFETY: `src..src+len` was bounds-checked and `img` keeps the mapping alive during the call.
+    Ok(outcome(unsafe { self.get()?.copy(dst, src, len, mode) }))
+  }
+
+  /// UFFDIO_COPY of `buf` to `dst`.
+  #[napi]
+  pub fn copy_from_buffer(&self, buf: Buffer, dst: BigInt, dontwake: Option<bool>) -> Result<RawCopyOutcome> {
+    let dst = big_u64(&dst, "dst")?;
+    let mode = if dontwake.unwrap_or(false) { MODE_DONTWAKE } else { 0 };
+    // SAFETY: `buf` is borrowed for the whole call; pointer and length come from the same slice.
+    Ok(outcome(unsafe { self.get()?.copy(dst, buf.as_ptr(), buf.len() as u64, mode) }))
+  }
+
+  /// UFFDIO_ZEROPAGE.
+  #[napi]
+  pub fn zeropage(&self, dst: BigInt, len: f64, dontwake: Option<bool>) -> Result<RawCopyOutcome> {
+    let mode = if dontwake.unwrap_or(false) { MODE_DONTWAKE } else { 0 };
+    Ok(outcome(self.get()?.zeropage(big_u64(&dst, "dst")?, num_u64(len, "len")?, mode)))
+  }
+
+  /// Closes the fd (its ranges are unregistered: later faults read zeros).
+  #[napi]
+  pub fn close(&mut self) {
+    self.inner = None;
+  }
+}
+
+/// One hand-over event (`type`: connected | task | zombie | finished | error | refused).
+#[napi(object, object_from_js = false)]
+pub struct RawHandoverEvent {
+  #[napi(js_name = "type")]
+  pub kind: String,
+  pub pid: Option<i32>,
+  /// The received userfaultfd (task): the receiver must adopt it.
+  pub fd: Option<i32>,
+  pub code: Option<String>,
+  pub message: Option<String>,
+}
+
+fn handover_event(r: Report) -> RawHandoverEvent {
+  let ev = |kind: &str| RawHandoverEvent { kind: kind.into(), pid: None, fd: None, code: None, message: None };
+  match r {
+    Report::Connected => ev("connected"),
+    Report::Step(Step::Task { pid, fd }) => RawHandoverEvent { pid: Some(pid), fd: Some(fd), ..ev("task") },
+    Report::Step(Step::Zombie { pid }) => RawHandoverEvent { pid: Some(pid), ..ev("zombie") },
+    Report::Step(Step::Finished) => ev("finished"),
+    Report::Error(e) => {
+      use crate::errors::Coded;
+      RawHandoverEvent { code: Some(e.code().into()), message: Some(e.to_string()), ..ev("error") }
+    }
+    Report::Refused(m) => RawHandoverEvent { message: Some(m), ..ev("refused") },
+  }
+}
+
+type HandoverTsfn = ThreadsafeFunction<RawHandoverEvent, (), RawHandoverEvent, Status, false>;
+
+/// The CRIU hand-over socket.
+#[napi]
+pub struct HandoverListener {
+  inner: Option<handover::Listener>,
+  path: String,
+}
+
+#[napi]
+impl HandoverListener {
+  /// Binds `<workDir>/lazy-pages.socket` and reports events to `callback` (never blocking the JS thread).
+  #[napi(factory, ts_args_type = "workDir: string, callback: (ev: RawHandoverEvent) => void")]
+  pub fn listen(work_dir: String, callback: Function<RawHandoverEvent, ()>) -> Result<HandoverListener> {
+    let tsfn: HandoverTsfn = callback
+      .build_threadsafe_function()
+      .callee_handled::<false>()
+      .build()
+      .map_err(|e| to_napi(ArgError::Invalid(format!("callback: {e}"))))?;
+    let listener = handover::Listener::start(Path::new(&work_dir), move |r| {
+      tsfn.call(handover_event(r), ThreadsafeFunctionCallMode::NonBlocking);
+    })
+    .map_err(to_napi)?;
+    let path = listener.path().to_string_lossy().into_owned();
+    Ok(HandoverListener { inner: Some(listener), path })
+  }
+
+  /// Socket path.
+  #[napi(getter)]
+  pub fn path(&self) -> String {
+    self.path.clone()
+  }
+
+  /// Stops listening and unlinks the socket. Idempotent.
+  #[napi]
+  pub fn close(&mut self) {
+    if let Some(mut l) = self.inner.take() {
+      l.close();
+    }
+  }
+}
+
+/// One event-loop report; see the TS facade for the union.
+#[napi(object, object_from_js = false)]
+pub struct RawLoopEvent {
+  #[napi(js_name = "type")]
+  pub kind: String,
+  pub proc_id: Option<u32>,
+  pub child_proc_id: Option<u32>,
+  pub req_id: Option<u32>,
+  pub gen: Option<u32>,
+  pub address: Option<BigInt>,
+  pub flags: Option<BigInt>,
+  pub from: Option<BigInt>,
+  pub to: Option<BigInt>,
+  pub len: Option<BigInt>,
+  pub start: Option<BigInt>,
+  pub end: Option<BigInt>,
+  pub live: Option<BigInt>,
+  pub image: Option<BigInt>,
+  pub how: Option<String>,
+  pub status: Option<String>,
+  pub bytes: Option<f64>,
+  pub errno: Option<i32>,
+  pub reason: Option<String>,
+  pub message: Option<String>,
+}
+
+fn loop_event(o: Out) -> RawLoopEvent {
+  let b = |v: u64| Some(BigInt::from(v));
+  let ev = |kind: &str, proc_id: Option<u32>| RawLoopEvent {
+    kind: kind.into(),
+    proc_id,
+    child_proc_id: None,
+    req_id: None,
+    gen: None,
+    address: None,
+    flags: None,
+    from: None,
+    to: None,
+    len: None,
+    start: None,
+    end: None,
+    live: None,
+    image: None,
+    how: None,
+    status: None,
+    bytes: None,
+    errno: None,
+    reason: None,
+    message: None,
+  };
+  match o {
+    Out::Served { proc_id, live, image, len, how } => RawLoopEvent {
+      live: b(live),
+      image: b(image),
+      len: b(len),
+      how: Some(if how == How::Copy { "copy" } else { "zero" }.into()),
+      ..ev("served", Some(proc_id))
+    },
+    Out::PageFault { proc_id, address, flags, gen } => {
+      RawLoopEvent { address: b(address), flags: b(flags), gen: Some(gen), ..ev("pagefault", Some(proc_id)) }
+    }
+    Out::Fork { proc_id, child_proc_id } => RawLoopEvent { child_proc_id: Some(child_proc_id), ..ev("fork", Some(proc_id)) },
+    Out::Remap { proc_id, from, to, len } => {
+      RawLoopEvent { from: b(from), to: b(to), len: b(len), ..ev("remap", Some(proc_id)) }
+    }
+    Out::Remove { proc_id, start, end } => RawLoopEvent { start: b(start), end: b(end), ..ev("remove", Some(proc_id)) },
+    Out::Unmap { proc_id, start, end } => RawLoopEvent { start: b(start), end: b(end), ..ev("unmap", Some(proc_id)) },
+    Out::Done { proc_id, req_id, status, bytes, errno } => RawLoopEvent {
+      req_id: Some(req_id),
+      status: Some(status.as_str().into()),
+      bytes: Some(bytes as f64),
+      errno,
+      ..ev("done", Some(proc_id))
+    },
+    Out::Exit { proc_id } => ev("exit", Some(proc_id)),
+    Out::Gone { proc_id, reason } => RawLoopEvent { reason: Some(reason), ..ev("gone", Some(proc_id)) },
+    Out::Error { proc_id, message } => RawLoopEvent { message: Some(message), ..ev("error", proc_id) },
+  }
+}
+
+/// Per-process counters.
+#[napi(object, object_from_js = false)]
+pub struct RawStats {
+  pub faults: f64,
+  pub copy_pages: f64,
+  pub zero_pages: f64,
+  pub forwarded: f64,
+  pub bytes: f64,
+  pub paused: bool,
+  pub gen: u32,
+}
+
+type LoopTsfn = ThreadsafeFunction<(), (), Vec<RawLoopEvent>, Status, false>;
+
+/// The fast-path event loop (one native thread).
+#[napi]
+pub struct EventLoop {
+  handle: LoopHandle,
+  tsfn: Option<Arc<LoopTsfn>>,
+  images: std::collections::HashMap<u32, image::PageImage>,
+  next_image: u32,
+}
+
+impl EventLoop {
+  fn live(&self) -> Result<()> {
+    if self.handle.is_closed() {
+      return Err(to_napi(ArgError::Invalid("EventLoop: already closed".into())));
+    }
+    Ok(())
+  }
+
+  fn known_proc(&self, proc_id: u32) -> Result<()> {
+    self.live()?;
+    if !self.handle.shared.counters.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&proc_id) {
+      return Err(to_napi(ArgError::UnknownId("procId", proc_id as i64)));
+    }
+    Ok(())
+  }
+
+  fn job(&self, job: Job) -> Result<()> {
+    self.known_proc(job.proc_id)?;
+    self.handle.shared.send(Cmd::Job(job));
+    Ok(())
+  }
+}
+
+fn page_multiple(v: u64, what: &'static str) -> Result<u64> {
+  if v % PAGE != 0 {
+    return Err(to_napi(ArgError::Invalid(format!("{what}: must be a multiple of 4096, got {v}"))));
+  }
+  Ok(v)
+}
+
+#[napi]
+impl EventLoop {
+  /// Starts the loop thread; `callback` receives batches of events (an array per call).
+  #[napi(constructor, ts_args_type = "callback: (events: RawLoopEvent[]) => void")]
+  pub fn new(callback: Function<Vec<RawLoopEvent>, ()>) -> Result<EventLoop> {
+    // The slot lets the JS-thread callback reach the outbox, which exists only once the loop has started.
+    let slot: Arc<std::sync::OnceLock<Arc<event_loop::Shared>>> = Arc::new(std::sync::OnceLock::new());
+    let slot_js = slot.clone();
+    let tsfn: LoopTsfn = callback
+      .build_threadsafe_function::<()>()
+      .callee_handled::<false>()
+      .build_callback(move |_ctx| {
+        let batch = match slot_js.get() {
+          Some(s) => s.outbox.take(),
+          None => Vec::new(),
+        };
+        Ok(batch.into_iter().map(loop_event).collect::<Vec<_>>())
+      })
+      .map_err(|e| to_napi(ArgError::Invalid(format!("callback: {e}"))))?;
+    let tsfn = Arc::new(tsfn);
+    let t2 = tsfn.clone();
+    let handle = LoopHandle::start(Box::new(move || {
+      t2.call((), ThreadsafeFunctionCallMode::NonBlocking);
+    }))
+    .map_err(to_napi)?;
+    let _ = slot.set(handle.shared.clone());
+    Ok(EventLoop { handle, tsfn: Some(tsfn), images: Default::default(), next_image: 1 })
+  }
+
+  /// Shares a pages image with the loop; returns its image id for tables and `copy`.
+  #[napi]
+  pub fn add_image(&mut self, img: &PageImage) -> Result<u32> {
+    self.live()?;
+    let m = img.get()?.clone();
+    let id = self.next_image;
+    self.next_image += 1;
+    self.images.insert(id, m.clone());
+    self.handle.shared.send(Cmd::AddImage(id, m));
+    Ok(id)
+  }
+
+  /// Takes ownership of `uffd` (the JS object is emptied) and serves it; the process starts PAUSED.
+  /// `pid > 0` also opens a pidfd to report `exit`.
+  #[napi]
+  pub fn add_process(&mut self, uffd: &mut Uffd, pid: i32) -> Result<u32> {
+    self.live()?;
+    uffd.get()?;
+    let u = uffd.inner.take().expect("checked above");
+    let id = self.handle.shared.next_proc.fetch_add(1, Ordering::SeqCst);
+    let counters = Arc::new(Counters::default());
+    counters.paused.store(true, Ordering::Relaxed);
+    self.handle.shared.counters.lock().unwrap_or_else(|p| p.into_inner()).insert(id, counters.clone());
+    self.handle.shared.send(Cmd::AddProcess { proc_id: id, uffd: u, pid, counters });
+    Ok(id)
+  }
+
+  /// Installs a translation table (6 u64 per entry: liveStart, liveEnd, imageStart, kind, imageId, fileOffset),
+  /// sets the generation and resumes the process (queued faults are then served).
+  #[napi]
+  pub fn install_table(&self, proc_id: u32, gen: u32, entries: BigUint64Array) -> Result<()> {
+    self.known_proc(proc_id)?;
+    let images = &self.images;
+    let table = Table::parse(&entries, &|id| u32::try_from(id).ok().and_then(|id| images.get(&id).map(|m| m.len())))
+      .map_err(to_napi)?;
+    self.handle.shared.send(Cmd::Install { proc_id, gen, table });
+    Ok(())
+  }
+
+  /// Copies `len` bytes of image `imageId` at `fileOffset` to `dst`, in pieces; completes with a `done` event.
+  #[napi]
+  #[allow(clippy::too_many_arguments)]
+  pub fn copy(
+    &self,
+    proc_id: u32,
+    req_id: u32,
+    gen: u32,
+    image_id: u32,
+    file_offset: f64,
+    dst: BigInt,
+    len: f64,
+    urgent: bool,
+  ) -> Result<()> {
+    let (off, len) = (num_u64(file_offset, "fileOffset")?, page_multiple(num_u64(len, "len")?, "len")?);
+    let dst = page_multiple(big_u64(&dst, "dst")?, "dst")?;
+    let img = self.images.get(&image_id).ok_or_else(|| to_napi(ArgError::UnknownId("imageId", image_id as i64)))?;
+    // Checked here so a bad request fails at the call site, naming the image file.
+    img.ptr_at(off, len).map_err(to_napi)?;
+    self.job(Job::new(proc_id, req_id, gen, Source::Image(img.clone(), off), dst, len, urgent))
+  }
+
+  /// Copies `buf` to `dst`; completes with a `done` event.
+  #[napi]
+  pub fn copy_buffer(&self, proc_id: u32, req_id: u32, gen: u32, buf: Buffer, dst: BigInt, urgent: bool) -> Result<()> {
+    let dst = page_multiple(big_u64(&dst, "dst")?, "dst")?;
+    let len = page_multiple(buf.len() as u64, "buffer length")?;
+    self.job(Job::new(proc_id, req_id, gen, Source::Buffer(buf.to_vec()), dst, len, urgent))
+  }
+
+  /// Zero-fills `dst..dst+len`; completes with a `done` event.
+  #[napi]
+  pub fn zero(&self, proc_id: u32, req_id: u32, gen: u32, dst: BigInt, len: f64, urgent: bool) -> Result<()> {
+    let dst = page_multiple(big_u64(&dst, "dst")?, "dst")?;
+    let len = page_multiple(num_u64(len, "len")?, "len")?;
+    self.job(Job::new(proc_id, req_id, gen, Source::Zero, dst, len, urgent))
+  }
+
+  /// UFFDIO_WAKE on the loop thread.
+  #[napi]
+  pub fn wake(&self, proc_id: u32, start: BigInt, len: BigInt) -> Result<()> {
+    self.known_proc(proc_id)?;
+    let (start, len) = (big_u64(&start, "start")?, big_u64(&len, "len")?);
+    self.handle.shared.send(Cmd::Wake { proc_id, start, len });
+    Ok(())
+  }
+
+  /// UFFDIO_UNREGISTER on the loop thread (for REMOVE: later reads there see zeros).
+  #[napi]
+  pub fn unregister(&self, proc_id: u32, start: BigInt, len: BigInt) -> Result<()> {
+    self.known_proc(proc_id)?;
+    let (start, len) = (big_u64(&start, "start")?, big_u64(&len, "len")?);
+    self.handle.shared.send(Cmd::Unregister { proc_id, start, len });
+    Ok(())
+  }
+
+  /// Pauses a process: its faults are queued until the next `installTable`.
+  #[napi]
+  pub fn pause(&self, proc_id: u32) -> Result<()> {
+    self.known_proc(proc_id)?;
+    self.handle.shared.send(Cmd::Pause(proc_id));
+    Ok(())
+  }
+
+  /// Stops serving a process and closes its uffd. Closing a uffd makes later faults read ZEROS: when data is
+  /// left, kill the process BEFORE calling this.
+  #[napi]
+  pub fn remove_process(&self, proc_id: u32) -> Result<()> {
+    self.known_proc(proc_id)?;
+    self.handle.shared.send(Cmd::Remove(proc_id));
+    Ok(())
+  }
+
+  /// Counters of a process.
+  #[napi]
+  pub fn stats(&self, proc_id: u32) -> Result<RawStats> {
+    self.live()?;
+    let map = self.handle.shared.counters.lock().unwrap_or_else(|p| p.into_inner());
+    let c = map.get(&proc_id).ok_or_else(|| to_napi(ArgError::UnknownId("procId", proc_id as i64)))?;
+    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    Ok(RawStats {
+      faults: l(&c.faults),
+      copy_pages: l(&c.copy_pages),
+      zero_pages: l(&c.zero_pages),
+      forwarded: l(&c.forwarded),
+      bytes: l(&c.bytes),
+      paused: c.paused.load(Ordering::Relaxed),
+      gen: c.gen.load(Ordering::Relaxed),
+    })
+  }
+
+  /// Size of one piece of a long copy (rounded to pages; default 1 MiB).
+  #[napi]
+  pub fn set_piece_bytes(&self, bytes: f64) -> Result<()> {
+    self.live()?;
+    self.handle.shared.send(Cmd::PieceBytes(num_u64(bytes, "bytes")?));
+    Ok(())
+  }
+
+  /// Stops the thread, closes every fd, releases the callback so Node can exit. Idempotent.
+  #[napi]
+  pub fn close(&mut self) {
+    self.handle.close();
+    self.tsfn = None;
+  }
+}
