@@ -359,7 +359,7 @@ type LoopTsfn = ThreadsafeFunction<(), (), Vec<RawLoopEvent>, Status, false>;
 #[napi]
 pub struct EventLoop {
   handle: LoopHandle,
-  tsfn: Option<Arc<LoopTsfn>>,
+  tsfn: Arc<std::sync::Mutex<Option<LoopTsfn>>>,
   images: std::collections::HashMap<u32, image::PageImage>,
   next_image: u32,
 }
@@ -413,14 +413,18 @@ impl EventLoop {
         Ok(batch.into_iter().map(loop_event).collect::<Vec<_>>())
       })
       .map_err(|e| to_napi(ArgError::Invalid(format!("callback: {e}"))))?;
-    let tsfn = Arc::new(tsfn);
+    // close() empties this slot: that releases the threadsafe function (so Node can exit) and breaks the
+    // cycle callback -> Shared -> notify -> callback.
+    let tsfn = Arc::new(std::sync::Mutex::new(Some(tsfn)));
     let t2 = tsfn.clone();
     let handle = LoopHandle::start(Box::new(move || {
-      t2.call((), ThreadsafeFunctionCallMode::NonBlocking);
+      if let Some(f) = t2.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        f.call((), ThreadsafeFunctionCallMode::NonBlocking);
+      }
     }))
     .map_err(to_napi)?;
     let _ = slot.set(handle.shared.clone());
-    Ok(EventLoop { handle, tsfn: Some(tsfn), images: Default::default(), next_image: 1 })
+    Ok(EventLoop { handle, tsfn, images: Default::default(), next_image: 1 })
   }
 
   /// Shares a pages image with the loop; returns its image id for tables and `copy`.
@@ -565,6 +569,6 @@ impl EventLoop {
   #[napi]
   pub fn close(&mut self) {
     self.handle.close();
-    self.tsfn = None;
+    self.tsfn.lock().unwrap_or_else(|p| p.into_inner()).take();
   }
 }
