@@ -15,6 +15,8 @@ import { join, resolve } from 'node:path';
 import { UserError } from '../errors.js';
 import { Checkpoint, PAGE_SIZE } from '../images/index.js';
 import { EventLoop, HandoverListener, PageImage, type HandoverEvent, type NativeEvent } from '../native/index.js';
+import type { TlsFiles } from '../pageserver/tls.js';
+import { RemotePageSource } from '../pagesource/remote.js';
 import type { DaemonEvent, DaemonSummary, ProcessReport } from './events.js';
 import { ProcessState } from './process-state.js';
 
@@ -32,6 +34,13 @@ export interface DaemonOptions {
   chunkBytes?: number;
   /** Background requests kept queued in the native core per process (default 2). */
   queueDepth?: number;
+  /**
+   * Fetch lazy pages from a page server (`criu dump --lazy-pages`, `criu page-server --lazy-pages` or
+   * `lazy-pages page-server`) instead of the images dir's pages files.
+   */
+  pageServer?: { address: string; port: number; tls?: TlsFiles; timeoutMs?: number };
+  /** Remote background requests kept in flight per process (default 8). */
+  remoteDepth?: number;
   /** Called for every daemon event, synchronously, on the JS thread. */
   onEvent?: (e: DaemonEvent) => void;
 }
@@ -51,6 +60,8 @@ interface Request {
   st: ProcessState;
   firstPage: number;
   pages: number;
+  /** A fault's page: on a retryable failure the faulting thread is woken to fault again. */
+  urgent?: { live: bigint };
 }
 
 /** Start a lazy-pages daemon. Resolves once the socket listens (the restorer may connect). */
@@ -60,14 +71,24 @@ export async function startLazyPagesDaemon(opts: DaemonOptions): Promise<LazyPag
   checkWorkDir(workDir);
   const checkpoint = await Checkpoint.open(imagesDir);
   const remote = checkpoint.processes.filter((p) => p.lazyRanges.some((r) => r.location.kind === 'remote'));
-  if (remote.length > 0) {
+  if (remote.length > 0 && !opts.pageServer) {
     throw new UserError(
       'EREMOTE',
       `${imagesDir} was dumped with --lazy-pages: the lazy pages of pid ${remote[0].pid} are only on the page server; ` +
         'pass --page-server --address A --port P',
     );
   }
-  const d = new Daemon(checkpoint, workDir, opts);
+  let source: RemotePageSource | undefined;
+  if (opts.pageServer) {
+    const ps = opts.pageServer;
+    let onError: (e: UserError) => void = () => undefined;
+    source = await RemotePageSource.connect({ ...ps, onError: (e) => onError(e) });
+    const d = new Daemon(checkpoint, workDir, opts, source);
+    onError = (e) => d.sourceFailed(e);
+    d.start();
+    return d;
+  }
+  const d = new Daemon(checkpoint, workDir, opts, source);
   d.start();
   return d;
 }
@@ -110,12 +131,17 @@ class Daemon implements LazyPagesDaemon {
   private readonly chunkPages: number;
   private readonly queueDepth: number;
   private readonly lastProgress = new Map<number, number>();
+  private readonly remoteDepth: number;
+  /** Remote background fetches on the wire, per process. */
+  private readonly fetching = new Map<ProcessState, number>();
 
   constructor(
     private readonly checkpoint: Checkpoint,
     private readonly workDir: string,
     opts: DaemonOptions,
+    private readonly source?: RemotePageSource,
   ) {
+    this.remoteDepth = Math.max(1, opts.remoteDepth ?? 8);
     this.socketPath = join(workDir, SOCKET_NAME);
     this.background = opts.background ?? true;
     this.chunkPages = Math.max(1, Math.floor((opts.chunkBytes ?? 4 << 20) / PAGE_SIZE));
@@ -148,6 +174,11 @@ class Daemon implements LazyPagesDaemon {
       return;
     }
     this.fail(new UserError('ESTOPPED', reason));
+  }
+
+  /** The page server failed: nobody can be served any more. */
+  sourceFailed(e: UserError): void {
+    this.fail(e);
   }
 
   private emit(e: DaemonEvent): void {
@@ -255,8 +286,8 @@ class Daemon implements LazyPagesDaemon {
           break;
         }
         case 'pagefault':
-          // Only remote ranges are forwarded, and this build serves local images only.
-          this.lose(st, `fault at 0x${ev.address.toString(16)} needs a page server, and none is configured`);
+          // Only faults in remote ranges are forwarded: fetch the page urgently.
+          this.remoteFault(st, ev.address);
           break;
         case 'fork': {
           const child = st.fork(ev.childProcId);
@@ -315,7 +346,8 @@ class Daemon implements LazyPagesDaemon {
     switch (ev.status) {
       case 'ok':
         st.pages.settle(req.firstPage, req.pages);
-        st.counters.backgroundPages += req.pages;
+        if (req.urgent) st.counters.onDemandPages += req.pages;
+        else st.counters.backgroundPages += req.pages;
         st.counters.bytes += req.pages * PAGE_SIZE;
         break;
       case 'exists':
@@ -333,6 +365,8 @@ class Daemon implements LazyPagesDaemon {
         st.counters.backgroundPages += got;
         st.counters.bytes += got * PAGE_SIZE;
         st.counters.retries++;
+        // The layout changed under a fault's copy: wake the thread, it faults again where the page is now.
+        if (req.urgent) this.loop.wake(st.procId, req.urgent.live, PAGE);
         break;
       case 'gone':
         this.exited(st);
@@ -342,6 +376,73 @@ class Daemon implements LazyPagesDaemon {
         return;
     }
     this.progress(st);
+  }
+
+  // ---------------------------------------------------------------- remote pages
+
+  /** A fault in a remote range: fetch its page ahead of any background data, then copy it in. */
+  private remoteFault(st: ProcessState, address: bigint): void {
+    const live = address - (address % PAGE);
+    const seg = st.live.find(live);
+    const source = this.source;
+    const image = seg ? seg.imageStart + (live - seg.liveStart) : -1n;
+    const page = seg ? st.index.pageOf(image) : -1;
+    if (!source || page < 0 || !st.pages.isLeft(page)) {
+      // Not ours to fill (the table said remote, but the state has moved on): the thread faults again.
+      this.loop.wake(st.procId, live, PAGE);
+      return;
+    }
+    // Another thread already faulted here: the copy for the first fault wakes every waiter.
+    if (st.faulting.has(page)) return;
+    st.faulting.add(page);
+    st.noteFault(live);
+    st.inflightRequests++; // the fetch
+    source.fetch(st.pid, image, 1, true).then(
+      (buf) =>
+        this.guard(() => {
+          st.inflightRequests--;
+          st.faulting.delete(page);
+          if (st.status !== 'serving') return;
+          const reqId = this.nextReq++;
+          this.requests.set(reqId, { st, firstPage: page, pages: 1, urgent: { live } });
+          st.inflightRequests++;
+          // The live address may have moved while the page was on the wire: the native core refuses a
+          // stale gen, and then the thread is woken to fault again at the page's new place.
+          this.loop.copyBuffer(st.procId, reqId, st.gen, buf, live, true);
+        }),
+      () => undefined, // the source failed: sourceFailed() ends everything
+    );
+  }
+
+  /** A background chunk of a remote range: fetch it, then copy it to wherever it lives when it arrives. */
+  private remoteBackground(st: ProcessState, firstPage: number, pages: number, image: bigint): void {
+    this.source!.fetch(st.pid, image, pages, false).then(
+      (buf) =>
+        this.guard(() => {
+          st.inflightRequests--;
+          if (st.status !== 'serving') return;
+          const end = image + BigInt(pages) * PAGE;
+          const covered = new Uint8Array(pages);
+          for (const seg of st.live.segments) {
+            const segEnd = seg.imageStart + (seg.liveEnd - seg.liveStart);
+            const a = seg.imageStart > image ? seg.imageStart : image;
+            const b = segEnd < end ? segEnd : end;
+            if (a >= b) continue;
+            const k = Number((a - image) / PAGE);
+            const n = Number((b - a) / PAGE);
+            covered.fill(1, k, k + n);
+            const reqId = this.nextReq++;
+            this.requests.set(reqId, { st, firstPage: firstPage + k, pages: n });
+            st.inflightRequests++;
+            const live = seg.liveStart + (a - seg.imageStart);
+            this.loop.copyBuffer(st.procId, reqId, st.gen, buf.subarray(k * PAGE_SIZE, (k + n) * PAGE_SIZE), live, false);
+          }
+          // Pages no segment holds any more were unmapped meanwhile (and settled then): just land them.
+          for (let k = 0; k < pages; k++) if (!covered[k]) st.pages.land(firstPage + k, 1);
+          this.pump();
+        }),
+      () => undefined, // the source failed: sourceFailed() ends everything
+    );
   }
 
   private progress(st: ProcessState): void {
@@ -365,17 +466,20 @@ class Daemon implements LazyPagesDaemon {
       for (const st of this.states.values()) {
         if (st.status !== 'serving') continue;
         if (this.background) {
-          while (st.inflightRequests < this.queueDepth) {
-            const c = st.nextChunk(this.chunkPages);
+          while (st.inflightRequests < (this.source ? this.remoteDepth : this.queueDepth)) {
+            const c = st.nextChunk(this.source ? Math.min(this.chunkPages, 256) : this.chunkPages);
             if (!c) break;
             const r = st.index.ranges[c.range];
-            if (r.location.kind !== 'file') break;
-            const reqId = this.nextReq++;
-            this.requests.set(reqId, { st, firstPage: c.firstPage, pages: c.pages });
             st.pages.fly(c.firstPage, c.pages);
             st.inflightRequests++;
-            const fileOffset = r.location.offset + (c.image - r.start);
-            this.loop.copy(st.procId, reqId, st.gen, this.imageId(r.location.file), fileOffset, c.live, BigInt(c.pages) * PAGE, false);
+            if (r.location.kind === 'file') {
+              const reqId = this.nextReq++;
+              this.requests.set(reqId, { st, firstPage: c.firstPage, pages: c.pages });
+              const fileOffset = r.location.offset + (c.image - r.start);
+              this.loop.copy(st.procId, reqId, st.gen, this.imageId(r.location.file), fileOffset, c.live, BigInt(c.pages) * PAGE, false);
+            } else {
+              this.remoteBackground(st, c.firstPage, c.pages, c.image);
+            }
           }
         }
         if (st.inflightRequests === 0 && (st.remaining === 0 || (this.background && !st.nextChunk(1)))) {
@@ -453,6 +557,7 @@ class Daemon implements LazyPagesDaemon {
   }
 
   private teardown(): void {
+    void this.source?.close().catch(() => undefined);
     this.listener?.close();
     this.listener = undefined;
     this.loop.close();

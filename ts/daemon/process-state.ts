@@ -63,6 +63,8 @@ export class ProcessState {
   /** Where the background scan continues (segment index, then dense page). */
   private cursorSeg = 0;
   inflightRequests = 0;
+  /** Dense pages whose fault is being fetched from a page server (a second fault on one is ignored). */
+  readonly faulting = new Set<number>();
 
   private constructor(pid: number, procId: number, image: ProcessImage, index: ImageIndex, pages: PageSet, live: LiveMap, parent?: number) {
     this.pid = pid;

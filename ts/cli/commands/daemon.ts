@@ -27,6 +27,13 @@ const schema = z
     verbosity: z.number().int().min(0).max(4).default(2),
     background: z.boolean().default(true),
     chunk: z.number().int().min(4096, 'must be at least 4096 bytes').optional(),
+    tls: z.boolean().default(false),
+    tlsCacert: z.string().min(1).optional(),
+    tlsCacrl: z.string().min(1).optional(),
+    tlsCert: z.string().min(1).optional(),
+    tlsKey: z.string().min(1).optional(),
+    tlsNoCnVerify: z.boolean().default(false),
+    pageServerTimeout: z.number().int().min(100, 'must be at least 100 ms').default(10_000),
   })
   .superRefine((o, ctx) => {
     if (o.pageServer && o.port === undefined) ctx.addIssue({ code: 'custom', path: ['port'], message: 'is required with --page-server' });
@@ -51,6 +58,13 @@ function builder(y: Argv) {
     .option('verbosity', { alias: 'v', type: 'number', describe: 'log level 0-4 (-v4 or -vvvv as in CRIU)', default: 2 })
     .option('background', { type: 'boolean', describe: 'transfer untouched pages after "restore finished"', default: true })
     .option('chunk', { type: 'number', describe: 'largest background request in bytes (default 4 MiB)' })
+    .option('tls', { type: 'boolean', describe: 'talk TLS (X.509, mutual authentication) to the page server' })
+    .option('tls-cacert', { type: 'string', describe: 'CA certificate (default /etc/pki/CA/cacert.pem)' })
+    .option('tls-cacrl', { type: 'string', describe: 'CA revocation list (default /etc/pki/CA/cacrl.pem if present)' })
+    .option('tls-cert', { type: 'string', describe: 'our certificate (default /etc/pki/criu/cert.pem)' })
+    .option('tls-key', { type: 'string', describe: 'our private key (default /etc/pki/criu/private/key.pem)' })
+    .option('tls-no-cn-verify', { type: 'boolean', describe: "do not check the server certificate's name against --address" })
+    .option('page-server-timeout', { type: 'number', describe: 'ms without progress before the page server counts as dead (default 10000)' })
     .example('$0 daemon -D /var/ckpt -W /run/restore', 'serve a local checkpoint; then run `criu restore -D /var/ckpt --lazy-pages -W /run/restore`');
 }
 
@@ -66,9 +80,6 @@ export const daemonCommand: CommandModule<object, Record<string, unknown>> = {
 };
 
 async function runDaemon(o: DaemonCliOptions, rawArgs: string[]): Promise<void> {
-  if (o.pageServer) {
-    throw new UserError('EOPTION', '--page-server: this build serves local images only; the page-server client is not available yet');
-  }
   if (o.daemon) return detach(rawArgs);
 
   const log = o.logFile ? createWriteStream(resolve(o.logFile), { flags: 'a' }) : undefined;
@@ -79,6 +90,7 @@ async function runDaemon(o: DaemonCliOptions, rawArgs: string[]): Promise<void> 
     workDir: o.workDir,
     background: o.background,
     chunkBytes: o.chunk,
+    pageServer: o.pageServer ? pageServerOf(o) : undefined,
     onEvent: (e) => reporter.handle(e),
   });
   if (o.pidfile) writeFileSync(resolve(o.pidfile), `${process.pid}\n`);
@@ -91,6 +103,16 @@ async function runDaemon(o: DaemonCliOptions, rawArgs: string[]): Promise<void> 
   } finally {
     await new Promise<void>((r) => (log ? log.end(r) : r()));
   }
+}
+
+function pageServerOf(o: DaemonCliOptions) {
+  const tlsGiven = [o.tlsCacert, o.tlsCacrl, o.tlsCert, o.tlsKey].some((v) => v !== undefined);
+  return {
+    address: o.address ?? '127.0.0.1',
+    port: o.port!,
+    timeoutMs: o.pageServerTimeout,
+    tls: o.tls || tlsGiven ? { cacert: o.tlsCacert, cacrl: o.tlsCacrl, cert: o.tlsCert, key: o.tlsKey, noCnVerify: o.tlsNoCnVerify } : undefined,
+  };
 }
 
 /** CRIU writes one byte to --status-fd when it is ready for the restorer, then closes it. */
