@@ -1,10 +1,422 @@
 /**
  * The native core (crates/uffd-native) behind a documented, typed facade.
- * This folder is the only importer of the generated binding.
+ * This folder is the only importer of the generated binding: everything else uses these classes.
+ *
+ * Conventions: addresses are `bigint`, byte counts and file offsets are `number`; every error thrown by the
+ * binding becomes a {@link NativeError} whose `code` is the binding's stable code (e.g. `ENOTUFFD`).
  */
+import { UserError } from '../errors.js';
 import { binding } from './binding.js';
+import type * as Raw from '../../native/binding.js';
 
 /** Version of the loaded native addon. */
 export function nativeVersion(): string {
   return binding.nativeVersion();
+}
+
+/**
+ * An error from the native core that a user can act on. Codes include `EPERM_UFFD` (no permission to create a
+ * userfaultfd), `EUFFD_FEATURES` (kernel too old), `ENOTUFFD` (an fd that is not a userfaultfd), `EBADF`,
+ * `ERANGE_IMAGE` (read outside a pages image), `EIMAGE`, `EHANDOVER` (restorer protocol error), `ESOCKET`
+ * (cannot create lazy-pages.socket), `ETABLE` (invalid translation table), `ENOID`, `EINVALARG`, `EBADEVENT`.
+ */
+export class NativeError extends UserError {
+  override name = 'NativeError';
+}
+
+/** Runs a binding call, turning its errors (which carry a string `code`) into {@link NativeError}. */
+function call<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw toNativeError(e);
+  }
+}
+
+function toNativeError(e: unknown): NativeError {
+  if (e instanceof NativeError) return e;
+  const err = e as { code?: unknown; message?: unknown };
+  const code = typeof err?.code === 'string' && err.code !== '' ? err.code : 'ENATIVE';
+  const message = typeof err?.message === 'string' ? err.message : String(e);
+  return new NativeError(code, message, { cause: e });
+}
+
+/** Result of a COPY or ZEROPAGE. `again` carries the bytes placed before the kernel asked to retry. */
+export type CopyOutcome =
+  | { status: 'ok'; bytes: number }
+  | { status: 'again'; bytes: number }
+  | { status: 'exists' }
+  | { status: 'noent' }
+  | { status: 'gone' }
+  | { status: 'error'; errno: number; message: string };
+
+function toOutcome(r: Raw.RawCopyOutcome): CopyOutcome {
+  switch (r.status) {
+    case 'ok':
+    case 'again':
+      return { status: r.status, bytes: r.bytes };
+    case 'exists':
+    case 'noent':
+    case 'gone':
+      return { status: r.status };
+    default:
+      return { status: 'error', errno: r.errno ?? 0, message: r.message ?? `errno ${r.errno}` };
+  }
+}
+
+/** A read-only mapping of a raw pages file (`pages-<id>.img`). An empty file is valid. */
+export class PageImage {
+  /** @internal */
+  readonly raw: Raw.PageImage;
+  private constructor(raw: Raw.PageImage) {
+    this.raw = raw;
+  }
+  /** Maps `path` read-only; throws `EIMAGE` naming the path if it cannot. */
+  static open(path: string): PageImage {
+    return new PageImage(call(() => binding.PageImage.open(path)));
+  }
+  /** File size in bytes. */
+  get length(): number {
+    return call(() => this.raw.length);
+  }
+  /** A copy of `len` bytes at `offset`; throws `ERANGE_IMAGE` (naming path, offset, length, size) outside the file. */
+  read(offset: number, len: number): Buffer {
+    return call(() => this.raw.read(offset, len));
+  }
+  /** Drops this handle (an EventLoop that uses the image keeps its own reference). */
+  close(): void {
+    this.raw.close();
+  }
+}
+
+/** Options of COPY/ZEROPAGE. */
+export interface CopyOptions {
+  /** Do not wake the faulting thread (wake a whole range later with {@link Uffd.wake}). */
+  dontWake?: boolean;
+}
+
+/** An owned userfaultfd. Closing it unregisters its ranges: the process then reads ZEROS where data was missing. */
+export class Uffd {
+  /** @internal */
+  readonly raw: Raw.Uffd;
+  private constructor(raw: Raw.Uffd) {
+    this.raw = raw;
+  }
+  /** A new userfaultfd with EVENT_FORK|REMAP|REMOVE|UNMAP; `EPERM_UFFD` / `EUFFD_FEATURES` say what to fix. */
+  static create(): Uffd {
+    return new Uffd(call(() => binding.Uffd.create()));
+  }
+  /** Takes ownership of `fd` (e.g. received from the restorer) after checking it is a userfaultfd (`ENOTUFFD`). */
+  static adopt(fd: number): Uffd {
+    return new Uffd(call(() => binding.Uffd.adopt(fd)));
+  }
+  /** The fd number, or -1 once closed or handed to an {@link EventLoop}. */
+  get fd(): number {
+    return this.raw.fd;
+  }
+  /** UFFDIO_REGISTER in MISSING mode; returns the ioctl mask the kernel allows on the range. */
+  register(start: bigint, len: bigint): bigint {
+    return call(() => this.raw.register(start, len));
+  }
+  /** UFFDIO_UNREGISTER: later faults in the range are served by the kernel (zeros). */
+  unregister(start: bigint, len: bigint): void {
+    call(() => this.raw.unregister(start, len));
+  }
+  /** UFFDIO_WAKE: threads blocked in the range resume (and re-fault if the page is still missing). */
+  wake(start: bigint, len: bigint): void {
+    call(() => this.raw.wake(start, len));
+  }
+  /** UFFDIO_COPY `len` bytes of `image` at `fileOffset` to `dst` (zero-copy from the mapping). */
+  copyFromImage(image: PageImage, fileOffset: number, dst: bigint, len: number, opts: CopyOptions = {}): CopyOutcome {
+    return toOutcome(call(() => this.raw.copyFromImage(image.raw, fileOffset, dst, len, opts.dontWake ?? false)));
+  }
+  /** UFFDIO_COPY of `buf` to `dst`. */
+  copyFromBuffer(buf: Buffer, dst: bigint, opts: CopyOptions = {}): CopyOutcome {
+    return toOutcome(call(() => this.raw.copyFromBuffer(buf, dst, opts.dontWake ?? false)));
+  }
+  /** UFFDIO_ZEROPAGE over `dst..dst+len`. */
+  zeropage(dst: bigint, len: number, opts: CopyOptions = {}): CopyOutcome {
+    return toOutcome(call(() => this.raw.zeropage(dst, len, opts.dontWake ?? false)));
+  }
+  /** Closes the fd. */
+  close(): void {
+    this.raw.close();
+  }
+}
+
+/** Events of the hand-over socket, in the order the restorer produces them. */
+export type HandoverEvent =
+  | { type: 'connected' }
+  /** A live task; `uffd` is already adopted and owned by the receiver of the event. */
+  | { type: 'task'; pid: number; uffd: Uffd }
+  | { type: 'zombie'; pid: number }
+  /** "restore finished": background transfer may start. */
+  | { type: 'finished' }
+  /** A fatal protocol error (e.g. `EHANDOVER` hang-up before "finished", `ENOTUFFD`). */
+  | { type: 'error'; code: string; message: string }
+  /** A second connection, closed. */
+  | { type: 'refused'; message: string };
+
+function toHandoverEvent(r: Raw.RawHandoverEvent): HandoverEvent {
+  switch (r.type) {
+    case 'connected':
+    case 'finished':
+      return { type: r.type };
+    case 'task': {
+      if (typeof r.pid !== 'number' || typeof r.fd !== 'number') throw badEvent(r);
+      const fd = r.fd;
+      try {
+        return { type: 'task', pid: r.pid, uffd: Uffd.adopt(fd) };
+      } catch (e) {
+        const ne = toNativeError(e);
+        return { type: 'error', code: ne.code, message: `task ${r.pid}: ${ne.message}` };
+      }
+    }
+    case 'zombie':
+      if (typeof r.pid !== 'number') throw badEvent(r);
+      return { type: 'zombie', pid: r.pid };
+    case 'error':
+      return { type: 'error', code: r.code ?? 'EHANDOVER', message: r.message ?? 'hand-over failed' };
+    case 'refused':
+      return { type: 'refused', message: r.message ?? 'second connection refused' };
+    default:
+      throw badEvent(r);
+  }
+}
+
+function badEvent(r: unknown): NativeError {
+  let text: string;
+  try {
+    text = JSON.stringify(r, (_k, v) => (typeof v === 'bigint' ? `${v}n` : v));
+  } catch {
+    text = String(r);
+  }
+  return new NativeError('EBADEVENT', `malformed event from the native core: ${text}`);
+}
+
+/** Receives CRIU's hand-over on `<workDir>/lazy-pages.socket` (one restorer; others are refused). */
+export class HandoverListener {
+  private raw: Raw.HandoverListener;
+  private constructor(raw: Raw.HandoverListener) {
+    this.raw = raw;
+  }
+  /**
+   * Binds the socket (a stale socket is replaced; any other file there is an `ESOCKET` error) and reports events.
+   * Keeps Node alive until "finished", an error, or {@link HandoverListener.close}.
+   */
+  static listen(workDir: string, onEvent: (ev: HandoverEvent) => void): HandoverListener {
+    const raw = call(() =>
+      binding.HandoverListener.listen(workDir, (r) => {
+        let ev: HandoverEvent;
+        try {
+          ev = toHandoverEvent(r);
+        } catch (e) {
+          const ne = toNativeError(e);
+          ev = { type: 'error', code: ne.code, message: ne.message };
+        }
+        onEvent(ev);
+      }),
+    );
+    return new HandoverListener(raw);
+  }
+  /** Socket path. */
+  get path(): string {
+    return this.raw.path;
+  }
+  /** Stops listening and unlinks the socket. Idempotent. */
+  close(): void {
+    this.raw.close();
+  }
+}
+
+/** How a page was served by the fast path. */
+export type ServedHow = 'copy' | 'zero';
+/** Completion status of a `copy`/`copyBuffer`/`zero` request. */
+export type DoneStatus = 'ok' | 'again' | 'exists' | 'noent' | 'gone' | 'stale' | 'error';
+
+/** Everything the event loop reports (delivered in batches). */
+export type NativeEvent =
+  /** Pages the fast path served (contiguous pages are merged): `image` is the image address of `live`. */
+  | { type: 'served'; procId: number; live: bigint; image: bigint; len: number; how: ServedHow }
+  /** A fault in a `remote` range: TS must resolve it (e.g. `copyBuffer(..., urgent=true)`). */
+  | { type: 'pagefault'; procId: number; address: bigint; flags: number; gen: number }
+  /** The process forked; the child is already served as a PAUSED process `childProcId` (install a table). */
+  | { type: 'fork'; procId: number; childProcId: number }
+  | { type: 'remap'; procId: number; from: bigint; to: bigint; len: bigint }
+  | { type: 'remove'; procId: number; start: bigint; end: bigint }
+  | { type: 'unmap'; procId: number; start: bigint; end: bigint }
+  /**
+   * A request finished. `bytes` = bytes this request placed (EAGAIN partial counts included). Pages found
+   * already present (EEXIST) are skipped page by page and not counted; `exists` = none was placed.
+   * `stale` = the process was paused or its table generation changed.
+   */
+  | { type: 'done'; procId: number; reqId: number; status: DoneStatus; bytes: number; errno?: number }
+  /** The process exited (its pidfd became readable). */
+  | { type: 'exit'; procId: number }
+  /** The uffd can no longer be served (ESRCH, read error, hang-up). */
+  | { type: 'gone'; procId: number; reason: string }
+  | { type: 'error'; procId?: number; message: string };
+
+const num = (v: unknown): v is number => typeof v === 'number';
+const big = (v: unknown): v is bigint => typeof v === 'bigint';
+
+/** Validates one raw event from the binding; throws `EBADEVENT` for a malformed one. */
+export function parseNativeEvent(r: Raw.RawLoopEvent): NativeEvent {
+  const p = r.procId;
+  switch (r.type) {
+    case 'served':
+      if (num(p) && big(r.live) && big(r.image) && big(r.len) && (r.how === 'copy' || r.how === 'zero'))
+        return { type: 'served', procId: p, live: r.live, image: r.image, len: Number(r.len), how: r.how };
+      break;
+    case 'pagefault':
+      if (num(p) && big(r.address) && big(r.flags) && num(r.gen))
+        return { type: 'pagefault', procId: p, address: r.address, flags: Number(r.flags), gen: r.gen };
+      break;
+    case 'fork':
+      if (num(p) && num(r.childProcId)) return { type: 'fork', procId: p, childProcId: r.childProcId };
+      break;
+    case 'remap':
+      if (num(p) && big(r.from) && big(r.to) && big(r.len))
+        return { type: 'remap', procId: p, from: r.from, to: r.to, len: r.len };
+      break;
+    case 'remove':
+    case 'unmap':
+      if (num(p) && big(r.start) && big(r.end)) return { type: r.type, procId: p, start: r.start, end: r.end };
+      break;
+    case 'done':
+      if (num(p) && num(r.reqId) && typeof r.status === 'string' && num(r.bytes)) {
+        const ev: NativeEvent = { type: 'done', procId: p, reqId: r.reqId, status: r.status as DoneStatus, bytes: r.bytes };
+        if (num(r.errno)) ev.errno = r.errno;
+        return ev;
+      }
+      break;
+    case 'exit':
+      if (num(p)) return { type: 'exit', procId: p };
+      break;
+    case 'gone':
+      if (num(p)) return { type: 'gone', procId: p, reason: r.reason ?? 'gone' };
+      break;
+    case 'error':
+      return num(p) ? { type: 'error', procId: p, message: r.message ?? '' } : { type: 'error', message: r.message ?? '' };
+  }
+  throw badEvent(r);
+}
+
+/** One range of a translation table. */
+export interface TableEntry {
+  liveStart: bigint;
+  liveEnd: bigint;
+  imageStart: bigint;
+  /** `file`: served by the fast path from `imageId` at `fileOffset`; `remote`: forwarded as a `pagefault`. */
+  kind: 'file' | 'remote';
+  imageId: number;
+  fileOffset: number;
+}
+
+/** Packs entries into the binding's layout (6 u64 per entry). */
+export function packTable(entries: readonly TableEntry[]): BigUint64Array {
+  const a = new BigUint64Array(entries.length * 6);
+  entries.forEach((e, i) => {
+    a.set(
+      [e.liveStart, e.liveEnd, e.imageStart, e.kind === 'file' ? 0n : 1n, BigInt(e.imageId), BigInt(e.fileOffset)],
+      i * 6,
+    );
+  });
+  return a;
+}
+
+/** Per-process counters of the event loop. */
+export interface LoopStats {
+  faults: number;
+  copyPages: number;
+  zeroPages: number;
+  forwarded: number;
+  bytes: number;
+  paused: boolean;
+  gen: number;
+}
+
+/**
+ * The fast path: one native thread serving the faults of every added process from its installed table.
+ * All requests are executed by that thread in order with event reads (urgent requests first). Events arrive
+ * in batches on `onEvents`; keeps Node alive until {@link EventLoop.close}.
+ */
+export class EventLoop {
+  private raw: Raw.EventLoop;
+  constructor(onEvents: (events: NativeEvent[]) => void) {
+    this.raw = call(
+      () =>
+        new binding.EventLoop((batch) => {
+          if (batch.length === 0) return;
+          const out: NativeEvent[] = [];
+          for (const r of batch) {
+            try {
+              out.push(parseNativeEvent(r));
+            } catch (e) {
+              out.push({ type: 'error', message: toNativeError(e).message });
+            }
+          }
+          onEvents(out);
+        }),
+    );
+  }
+  /** Shares an image with the loop; returns its id for tables and {@link EventLoop.copy}. */
+  addImage(img: PageImage): number {
+    return call(() => this.raw.addImage(img.raw));
+  }
+  /**
+   * Takes ownership of `uffd` (its `fd` becomes -1) and serves it, PAUSED until the first table.
+   * `pid > 0` also watches the process to report `exit`.
+   */
+  addProcess(uffd: Uffd, pid: number): number {
+    return call(() => this.raw.addProcess(uffd.raw, pid));
+  }
+  /** Installs a validated table (sorted, non-overlapping, page aligned: else `ETABLE`), sets `gen`, resumes. */
+  installTable(procId: number, gen: number, entries: readonly TableEntry[] | BigUint64Array): void {
+    const packed = entries instanceof BigUint64Array ? entries : packTable(entries);
+    call(() => this.raw.installTable(procId, gen, packed));
+  }
+  /** Copies `len` bytes of image `imageId` at `fileOffset` to `dst` in pieces; completes with `done`. */
+  copy(procId: number, reqId: number, gen: number, imageId: number, fileOffset: number, dst: bigint, len: number, urgent: boolean): void {
+    call(() => this.raw.copy(procId, reqId, gen, imageId, fileOffset, dst, len, urgent));
+  }
+  /** Copies `buf` (a whole number of pages) to `dst`; completes with `done`. */
+  copyBuffer(procId: number, reqId: number, gen: number, buf: Buffer, dst: bigint, urgent: boolean): void {
+    call(() => this.raw.copyBuffer(procId, reqId, gen, buf, dst, urgent));
+  }
+  /** Zero-fills `dst..dst+len`; completes with `done`. */
+  zero(procId: number, reqId: number, gen: number, dst: bigint, len: number, urgent: boolean): void {
+    call(() => this.raw.zero(procId, reqId, gen, dst, len, urgent));
+  }
+  /** UFFDIO_WAKE on the loop thread (failures arrive as `error` events). */
+  wake(procId: number, start: bigint, len: bigint): void {
+    call(() => this.raw.wake(procId, start, len));
+  }
+  /** UFFDIO_UNREGISTER on the loop thread (for `remove`: later reads there see zeros). */
+  unregister(procId: number, start: bigint, len: bigint): void {
+    call(() => this.raw.unregister(procId, start, len));
+  }
+  /** Pauses a process: its faults queue until the next {@link EventLoop.installTable}. */
+  pause(procId: number): void {
+    call(() => this.raw.pause(procId));
+  }
+  /**
+   * Stops serving a process and closes its uffd. A closed uffd makes the process read ZEROS where pages are
+   * still missing: when data is left, kill the process BEFORE calling this.
+   */
+  removeProcess(procId: number): void {
+    call(() => this.raw.removeProcess(procId));
+  }
+  /** Counters of a process. */
+  stats(procId: number): LoopStats {
+    return call(() => this.raw.stats(procId));
+  }
+  /** Size of one piece of a long copy (rounded down to pages, at least one page; default 1 MiB). */
+  setPieceBytes(bytes: number): void {
+    call(() => this.raw.setPieceBytes(bytes));
+  }
+  /** Stops the thread, closes every fd, releases the callback so Node can exit. Idempotent. */
+  close(): void {
+    this.raw.close();
+  }
 }
