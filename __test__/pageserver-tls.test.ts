@@ -3,47 +3,15 @@
  * the openssl CLI (a CA, a server cert for 127.0.0.1, one with a wrong name, a client cert).
  */
 import test from 'ava';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import tls from 'node:tls';
 import { UserError } from '../ts/errors.js';
 import { startPageServer, type PageServerEvent } from '../ts/pageserver/index.js';
 import { encodeGet } from '../ts/pagesource/protocol.js';
 import { RemotePageSource } from '../ts/pagesource/remote.js';
 import { expectedPages, synthCheckpoint, tempDir } from './helpers/netns.js';
+import { hasOpenssl, makePki } from './helpers/pki.js';
 
-const hasOpenssl = spawnSync('sh', ['-c', 'command -v openssl'], { stdio: 'ignore' }).status === 0;
-
-interface Pki {
-  ca: string;
-  server: { cert: string; key: string };
-  wrongName: { cert: string; key: string };
-  client: { cert: string; key: string };
-  otherCaClient: { cert: string; key: string };
-}
-
-function makePki(dir: string): Pki {
-  const ssl = (...a: string[]) => execFileSync('openssl', a, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  const ca = (name: string) => ssl('req', '-x509', ...ec, '-keyout', `${name}.key`, '-out', `${name}.pem`, '-subj', `/CN=${name}`, '-days', '2');
-  const leaf = (name: string, cn: string, caName: string, san?: string) => {
-    ssl('req', '-new', ...ec, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${cn}`);
-    const ext = join(dir, `${name}.ext`);
-    writeFileSync(ext, san ? `subjectAltName=${san}\n` : 'basicConstraints=CA:FALSE\n');
-    ssl('x509', '-req', '-in', `${name}.csr`, '-CA', `${caName}.pem`, '-CAkey', `${caName}.key`, '-CAcreateserial', '-out', `${name}.pem`, '-days', '2', '-extfile', ext);
-    return { cert: join(dir, `${name}.pem`), key: join(dir, `${name}.key`) };
-  };
-  ca('ca');
-  ca('other-ca');
-  return {
-    ca: join(dir, 'ca.pem'),
-    server: leaf('server', '127.0.0.1', 'ca', 'IP:127.0.0.1'),
-    wrongName: leaf('wrong', 'wrong.example', 'ca', 'DNS:wrong.example'),
-    client: leaf('client', 'lazy-pages-client', 'ca'),
-    otherCaClient: leaf('intruder', 'intruder', 'other-ca'),
-  };
-}
 
 const tlsTest = hasOpenssl ? test.serial : test.serial.skip;
 if (!hasOpenssl) test('TLS tests need the openssl CLI (not found): skipped', (t) => t.pass());

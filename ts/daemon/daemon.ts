@@ -226,7 +226,7 @@ class Daemon implements LazyPagesDaemon {
           throw new UserError('EHANDOVER', `the restorer handed over pid ${ev.pid} twice`);
         }
         const procId = this.loop.addProcess(ev.uffd, ev.pid);
-        const st = ProcessState.attach(procId, image);
+        const st = ProcessState.attach(procId, image, { remote: this.source !== undefined });
         this.states.set(procId, st);
         this.killPid.set(procId, ev.pid);
         this.install(st);

@@ -76,9 +76,14 @@ export class ProcessState {
     this.parent = parent;
   }
 
-  /** State of a freshly handed-over process: every lazy page owed, live == image. */
-  static attach(procId: number, image: ProcessImage): ProcessState {
-    const index = new ImageIndex(image.lazyRanges, new Set(image.vmas.map((v) => v.start)));
+  /**
+   * State of a freshly handed-over process: every lazy page owed, live == image. With `remote`, every
+   * lazy page comes from the page server, as with `criu lazy-pages --page-server`, even where the
+   * images dir has a copy.
+   */
+  static attach(procId: number, image: ProcessImage, opts: { remote?: boolean } = {}): ProcessState {
+    const ranges = opts.remote ? image.lazyRanges.map((r) => ({ ...r, location: { kind: 'remote' as const } })) : image.lazyRanges;
+    const index = new ImageIndex(ranges, new Set(image.vmas.map((v) => v.start)));
     const live = new LiveMap(index.ranges.map((r, i) => ({ liveStart: r.start, liveEnd: r.end, imageStart: r.start, range: i })));
     return new ProcessState(image.pid, procId, image, index, new PageSet(index), live);
   }
