@@ -263,7 +263,11 @@ class Daemon implements LazyPagesDaemon {
     const dirty = new Set<ProcessState>();
     const served = new Map<ProcessState, { pages: number; zero: number }>();
     for (const ev of batch) {
-      const st = this.states.get(ev.procId);
+      if (ev.type === 'error' && ev.procId === undefined) {
+        this.emit({ type: 'warning', message: `native core: ${ev.message}` });
+        continue;
+      }
+      const st = this.states.get(ev.procId!);
       if (!st || st.status !== 'serving') {
         if (ev.type === 'fork') this.adoptOrphanFork(ev.childProcId);
         continue;
@@ -320,6 +324,9 @@ class Daemon implements LazyPagesDaemon {
         case 'gone':
           this.exited(st);
           break;
+        case 'error':
+          this.lose(st, `native core: ${ev.message}`);
+          break;
       }
     }
     for (const st of dirty) if (st.status === 'serving') this.install(st);
@@ -342,29 +349,31 @@ class Daemon implements LazyPagesDaemon {
     if (!req) return;
     this.requests.delete(ev.reqId);
     st.inflightRequests--;
+    // `bytes` counts only pages this request placed: pages found present (a fault beat us to them)
+    // are skipped by the native core and are settled all the same.
     const got = Math.min(req.pages, Math.floor(Number(ev.bytes) / PAGE_SIZE));
+    if (req.urgent) st.counters.onDemandPages += got;
+    else st.counters.backgroundPages += got;
+    st.counters.bytes += got * PAGE_SIZE;
     switch (ev.status) {
       case 'ok':
-        st.pages.settle(req.firstPage, req.pages);
-        if (req.urgent) st.counters.onDemandPages += req.pages;
-        else st.counters.backgroundPages += req.pages;
-        st.counters.bytes += req.pages * PAGE_SIZE;
-        break;
       case 'exists':
-        // Copied `got` pages, then hit one that a fault had installed already: both are settled.
-        st.pages.settle(req.firstPage, Math.min(req.pages, got + 1));
-        st.pages.land(req.firstPage, req.pages);
-        st.counters.backgroundPages += got;
-        st.counters.bytes += got * PAGE_SIZE;
+        st.pages.settle(req.firstPage, req.pages);
         break;
       case 'again':
       case 'noent':
       case 'stale':
-        st.pages.settle(req.firstPage, got);
+        // Which pages made it is not known page by page: ask again for all of them; the ones that did
+        // are skipped as present next time.
         st.pages.land(req.firstPage, req.pages);
-        st.counters.backgroundPages += got;
-        st.counters.bytes += got * PAGE_SIZE;
         st.counters.retries++;
+        if (ev.status === 'noent' && st.noteNoent(req.firstPage) > 8) {
+          // The same pages keep failing with no layout change in between: the range is not registered
+          // with the uffd, so the process would never fault on it and read zeros there. Do not let it.
+          this.lose(st, `cannot install pages at image address 0x${st.index.addrOfPage(req.firstPage).toString(16)}: ` +
+            'ENOENT again and again (is the range registered with the userfaultfd?)');
+          return;
+        }
         // The layout changed under a fault's copy: wake the thread, it faults again where the page is now.
         if (req.urgent) this.loop.wake(st.procId, req.urgent.live, PAGE);
         break;

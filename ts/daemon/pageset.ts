@@ -75,6 +75,18 @@ export class ImageIndex {
     return r.firstPage + Number((addr - r.start) / PAGE);
   }
 
+  /** Image address of dense page index `page` (anywhere in the index). */
+  addrOfPage(page: number): bigint {
+    let lo = 0;
+    let hi = this.ranges.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.ranges[mid].firstPage <= page) lo = mid;
+      else hi = mid - 1;
+    }
+    return this.addrOf(lo, page);
+  }
+
   /** Image address of dense page index `page` within range `ri`. */
   addrOf(ri: number, page: number): bigint {
     const r = this.ranges[ri];

@@ -120,16 +120,27 @@ export class ProcessState {
     for (const p of pieces) this.settleImage(p.imageStart, p.liveEnd - p.liveStart);
   }
 
+  private readonly noents = new Map<number, number>();
+
+  /** Count an ENOENT for a request starting at dense page `first`; events reset the counts. */
+  noteNoent(first: number): number {
+    const n = (this.noents.get(first) ?? 0) + 1;
+    this.noents.set(first, n);
+    return n;
+  }
+
   /** REMAP: move live addresses, keep image addresses; growth reads zeros (it is in no segment). */
   applyRemap(from: bigint, to: bigint, len: bigint): void {
     this.forget(this.live.remap(from, to, len));
     this.cursorSeg = 0;
+    this.noents.clear();
   }
 
   /** UNMAP / REMOVE: the memory is gone (or must read zeros from now on). */
   applyDrop(start: bigint, end: bigint): void {
     this.forget(this.live.cut(start, end));
     this.cursorSeg = 0;
+    this.noents.clear();
   }
 
   /** A fault was served on demand: restart the background scan near it (CRIU resets its chunk too). */
