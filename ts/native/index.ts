@@ -237,7 +237,7 @@ export type DoneStatus = 'ok' | 'again' | 'exists' | 'noent' | 'gone' | 'stale' 
 /** Everything the event loop reports (delivered in batches). */
 export type NativeEvent =
   /** Pages the fast path served (contiguous pages are merged): `image` is the image address of `live`. */
-  | { type: 'served'; procId: number; live: bigint; image: bigint; len: number; how: ServedHow }
+  | { type: 'served'; procId: number; live: bigint; image: bigint; len: bigint; how: ServedHow }
   /** A fault in a `remote` range: TS must resolve it (e.g. `copyBuffer(..., urgent=true)`). */
   | { type: 'pagefault'; procId: number; address: bigint; flags: number; gen: number }
   /** The process forked; the child is already served as a PAUSED process `childProcId` (install a table). */
@@ -250,7 +250,7 @@ export type NativeEvent =
    * already present (EEXIST) are skipped page by page and not counted; `exists` = none was placed.
    * `stale` = the process was paused or its table generation changed.
    */
-  | { type: 'done'; procId: number; reqId: number; status: DoneStatus; bytes: number; errno?: number }
+  | { type: 'done'; procId: number; reqId: number; status: DoneStatus; bytes: number; errno?: number; message?: string }
   /** The process exited (its pidfd became readable). */
   | { type: 'exit'; procId: number }
   /** The uffd can no longer be served (ESRCH, read error, hang-up). */
@@ -266,7 +266,7 @@ export function parseNativeEvent(r: Raw.RawLoopEvent): NativeEvent {
   switch (r.type) {
     case 'served':
       if (num(p) && big(r.live) && big(r.image) && big(r.len) && (r.how === 'copy' || r.how === 'zero'))
-        return { type: 'served', procId: p, live: r.live, image: r.image, len: Number(r.len), how: r.how };
+        return { type: 'served', procId: p, live: r.live, image: r.image, len: r.len, how: r.how };
       break;
     case 'pagefault':
       if (num(p) && big(r.address) && big(r.flags) && num(r.gen))
@@ -286,7 +286,10 @@ export function parseNativeEvent(r: Raw.RawLoopEvent): NativeEvent {
     case 'done':
       if (num(p) && num(r.reqId) && typeof r.status === 'string' && num(r.bytes)) {
         const ev: NativeEvent = { type: 'done', procId: p, reqId: r.reqId, status: r.status as DoneStatus, bytes: r.bytes };
-        if (num(r.errno)) ev.errno = r.errno;
+        if (num(r.errno)) {
+          ev.errno = r.errno;
+          ev.message = `errno ${r.errno}`;
+        }
         return ev;
       }
       break;
@@ -377,16 +380,25 @@ export class EventLoop {
     call(() => this.raw.installTable(procId, gen, packed));
   }
   /** Copies `len` bytes of image `imageId` at `fileOffset` to `dst` in pieces; completes with `done`. */
-  copy(procId: number, reqId: number, gen: number, imageId: number, fileOffset: number, dst: bigint, len: number, urgent: boolean): void {
-    call(() => this.raw.copy(procId, reqId, gen, imageId, fileOffset, dst, len, urgent));
+  copy(
+    procId: number,
+    reqId: number,
+    gen: number,
+    imageId: number,
+    fileOffset: number | bigint,
+    dst: bigint,
+    len: number | bigint,
+    urgent: boolean,
+  ): void {
+    call(() => this.raw.copy(procId, reqId, gen, imageId, Number(fileOffset), dst, Number(len), urgent));
   }
   /** Copies `buf` (a whole number of pages) to `dst`; completes with `done`. */
   copyBuffer(procId: number, reqId: number, gen: number, buf: Buffer, dst: bigint, urgent: boolean): void {
     call(() => this.raw.copyBuffer(procId, reqId, gen, buf, dst, urgent));
   }
   /** Zero-fills `dst..dst+len`; completes with `done`. */
-  zero(procId: number, reqId: number, gen: number, dst: bigint, len: number, urgent: boolean): void {
-    call(() => this.raw.zero(procId, reqId, gen, dst, len, urgent));
+  zero(procId: number, reqId: number, gen: number, dst: bigint, len: number | bigint, urgent: boolean): void {
+    call(() => this.raw.zero(procId, reqId, gen, dst, Number(len), urgent));
   }
   /** UFFDIO_WAKE on the loop thread (failures arrive as `error` events). */
   wake(procId: number, start: bigint, len: bigint): void {
