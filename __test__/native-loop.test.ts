@@ -1,0 +1,158 @@
+// Real-kernel tests of the fast-path EventLoop against the C test peer: table serving, forwarded faults,
+// layout-change events, stale requests and dead peers.
+import test, { type ExecutionContext } from 'ava';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { EventLoop, HandoverListener, NativeError, PageImage, type HandoverEvent, type NativeEvent } from '../ts/native/index.js';
+import { Collector, PAGE, Peer, fnv, patternImage, tempDir } from './native-helpers.js';
+
+const P = BigInt(PAGE);
+type Ev<K extends NativeEvent['type']> = Extract<NativeEvent, { type: K }>;
+const is =
+  <K extends NativeEvent['type']>(type: K, procId?: number) =>
+  (e: NativeEvent): e is Ev<K> =>
+    e.type === type && (procId === undefined || ('procId' in e && e.procId === procId));
+
+let nextBase = 0x5b0000000000n;
+
+/** A peer handed over through the real socket and added to a fresh loop with an 8-page image. */
+async function setup(t: ExecutionContext, pages = 8) {
+  const base = nextBase;
+  nextBase += 0x10000000n;
+  const dir = tempDir(t);
+  const hs = new Collector<HandoverEvent>();
+  const listener = HandoverListener.listen(dir, hs.push);
+  t.teardown(() => listener.close());
+  const peer = new Peer(t, [listener.path, base.toString(16), String(pages)]);
+  const task = await hs.waitFor((e): e is Extract<HandoverEvent, { type: 'task' }> => e.type === 'task');
+  await peer.next();
+  const data = patternImage(8);
+  const path = join(dir, 'pages-1.img');
+  writeFileSync(path, data);
+  const events = new Collector<NativeEvent>();
+  const loop = new EventLoop((batch) => batch.forEach(events.push));
+  t.teardown(() => loop.close());
+  const img = PageImage.open(path);
+  const imageId = loop.addImage(img);
+  const procId = loop.addProcess(task.uffd, task.pid);
+  t.is(task.uffd.fd, -1, 'the loop owns the fd');
+  return { base, peer, loop, events, imageId, procId, data, path };
+}
+
+test('the fast path serves faults from the installed table; holes read zeros; remote faults are forwarded', async (t) => {
+  const { base, peer, loop, events, imageId, procId, data } = await setup(t);
+  // pages 0-3: image pages 4-7 (image address differs from live); pages 4-5: remote; 6-7: hole.
+  loop.installTable(procId, 1, [
+    { liveStart: base, liveEnd: base + 4n * P, imageStart: 0x7000n, kind: 'file', imageId, fileOffset: 4 * PAGE },
+    { liveStart: base + 4n * P, liveEnd: base + 6n * P, imageStart: 0x9000n, kind: 'remote', imageId: 0, fileOffset: 0 },
+  ]);
+  for (let i = 0; i < 4; i++) {
+    t.is(await peer.cmd(`sum ${i}`), `sum ${i} ${fnv(data.subarray((4 + i) * PAGE, (5 + i) * PAGE))}`);
+  }
+  t.is(await peer.cmd('sum 7'), `sum 7 ${fnv(new Uint8Array(PAGE))}`);
+  const served = await events.waitFor(is('served', procId));
+  t.is(served.how, 'copy');
+  t.is(served.live, base);
+  t.is(served.image, 0x7000n);
+  // A remote fault: the peer blocks until TS answers with an urgent copyBuffer.
+  peer.child.stdin.write('sum 5\n');
+  const pf = await events.waitFor(is('pagefault', procId));
+  t.is(pf.address, base + 5n * P);
+  t.is(pf.gen, 1);
+  const remote = Buffer.alloc(PAGE, 0x5c);
+  loop.copyBuffer(procId, 77, 1, remote, pf.address, true);
+  t.is(await peer.next(), `sum 5 ${fnv(remote)}`);
+  const done = await events.waitFor((e): e is Ev<'done'> => e.type === 'done' && e.reqId === 77);
+  t.deepEqual(done, { type: 'done', procId, reqId: 77, status: 'ok', bytes: PAGE });
+  const st = loop.stats(procId);
+  t.is(st.copyPages, 5);
+  t.is(st.zeroPages, 1);
+  t.is(st.forwarded, 1);
+  t.false(st.paused);
+});
+
+test('faults before the first table wait (paused) and are served once it is installed', async (t) => {
+  const { base, peer, loop, procId, imageId, data } = await setup(t);
+  t.true(loop.stats(procId).paused);
+  peer.child.stdin.write('sum 2\n');
+  await new Promise((r) => setTimeout(r, 100));
+  loop.installTable(procId, 3, [{ liveStart: base, liveEnd: base + 8n * P, imageStart: base, kind: 'file', imageId, fileOffset: 0 }]);
+  t.is(await peer.next(), `sum 2 ${fnv(data.subarray(2 * PAGE, 3 * PAGE))}`);
+  t.is(loop.stats(procId).gen, 3);
+});
+
+test('background copy in pieces, EEXIST pages skipped, and invalid tables/requests are typed errors', async (t) => {
+  const { base, peer, loop, events, imageId, procId, data } = await setup(t);
+  loop.installTable(procId, 1, []);
+  t.is(await peer.cmd('write 1 9'), 'ok'); // page 1 becomes present (zero page then written)
+  loop.setPieceBytes(2 * PAGE);
+  loop.copy(procId, 5, 1, imageId, 0, base, 8 * PAGE, false);
+  const done = await events.waitFor((e): e is Ev<'done'> => e.type === 'done' && e.reqId === 5);
+  t.is(done.status, 'ok');
+  t.is(done.bytes, 7 * PAGE);
+  t.is(await peer.cmd('sum 6'), `sum 6 ${fnv(data.subarray(6 * PAGE, 7 * PAGE))}`);
+  t.is(await peer.cmd('sum 1'), `sum 1 ${fnv(Buffer.alloc(PAGE, 9))}`);
+  const bad = (f: () => void, code: string) => t.is(t.throws(f, { instanceOf: NativeError })?.code, code);
+  bad(() => loop.installTable(procId, 2, [
+    { liveStart: base, liveEnd: base + 2n * P, imageStart: 0n, kind: 'file', imageId, fileOffset: 0 },
+    { liveStart: base + P, liveEnd: base + 3n * P, imageStart: 0n, kind: 'file', imageId, fileOffset: 0 },
+  ]), 'ETABLE');
+  bad(() => loop.installTable(procId, 2, [{ liveStart: base, liveEnd: base + P, imageStart: 0n, kind: 'file', imageId: 99, fileOffset: 0 }]), 'ETABLE');
+  bad(() => loop.copy(procId, 6, 1, imageId, 4 * PAGE, base, 8 * PAGE, false), 'ERANGE_IMAGE');
+  bad(() => loop.stats(4242), 'ENOID');
+});
+
+test('fork, remap, remove and unmap are reported with their fields; requests of the old generation are stale', async (t) => {
+  const { base, peer, loop, events, imageId, procId } = await setup(t);
+  loop.installTable(procId, 1, [{ liveStart: base, liveEnd: base + 8n * P, imageStart: base, kind: 'file', imageId, fileOffset: 0 }]);
+  t.regex(await peer.cmd('sum 0'), /^sum 0 /);
+
+  const childLine = await peer.cmd('fork');
+  const childPid = Number(childLine.split(' ')[1]);
+  t.teardown(() => {
+    try {
+      process.kill(childPid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  });
+  const fork = await events.waitFor(is('fork', procId));
+  t.true(fork.childProcId > procId);
+  t.true(loop.stats(fork.childProcId).paused);
+  loop.installTable(procId, 2, [{ liveStart: base, liveEnd: base + 8n * P, imageStart: base, kind: 'file', imageId, fileOffset: 0 }]);
+
+  const to = base + 0x1000000n;
+  t.is(await peer.cmd(`remap 2 2 ${to.toString(16)}`), 'ok');
+  const remap = await events.waitFor(is('remap', procId));
+  t.deepEqual(remap, { type: 'remap', procId, from: base + 2n * P, to, len: 2n * P });
+  t.true(loop.stats(procId).paused);
+  // A request made for generation 2 after the remap is stale: the process is paused until TS re-plans.
+  loop.zero(procId, 9, 2, base + 6n * P, PAGE, false);
+  const stale = await events.waitFor((e): e is Ev<'done'> => e.type === 'done' && e.reqId === 9);
+  t.is(stale.status, 'stale');
+  loop.installTable(procId, 3, [{ liveStart: base, liveEnd: base + 2n * P, imageStart: base, kind: 'file', imageId, fileOffset: 0 }]);
+  loop.zero(procId, 10, 2, base + 6n * P, PAGE, false);
+  t.is((await events.waitFor((e): e is Ev<'done'> => e.type === 'done' && e.reqId === 10)).status, 'stale', 'old gen');
+
+  t.is(await peer.cmd('dontneed 0 1'), 'ok');
+  const rm = await events.waitFor(is('remove', procId));
+  t.deepEqual(rm, { type: 'remove', procId, start: base, end: base + P });
+  loop.installTable(procId, 4, []);
+  t.is(await peer.cmd('unmap 4 2'), 'ok');
+  // (the kernel may also report the remap's old range as an UNMAP: wait for this one)
+  const um = await events.waitFor((e): e is Ev<'unmap'> => is('unmap', procId)(e) && e.start === base + 4n * P);
+  t.deepEqual(um, { type: 'unmap', procId, start: base + 4n * P, end: base + 6n * P });
+});
+
+test('a killed peer is reported (exit) without a crash, and later requests complete', async (t) => {
+  const { base, peer, loop, events, procId } = await setup(t);
+  loop.installTable(procId, 1, []);
+  peer.child.kill('SIGKILL');
+  await events.waitFor(is('exit', procId));
+  loop.zero(procId, 1, 1, base, PAGE, false);
+  const done = await events.waitFor((e): e is Ev<'done'> => e.type === 'done' && e.reqId === 1);
+  t.true(['gone', 'ok', 'error', 'noent'].includes(done.status), done.status);
+  loop.removeProcess(procId);
+  await new Promise((r) => setTimeout(r, 50));
+  t.is(t.throws(() => loop.stats(procId), { instanceOf: NativeError })?.code, 'ENOID');
+});
