@@ -22,6 +22,8 @@ import { ProcessState } from './process-state.js';
 
 const PAGE = BigInt(PAGE_SIZE);
 export const SOCKET_NAME = 'lazy-pages.socket';
+/** After a bad task in the hand-over, how long the rest of it is still read (to kill those tasks too). */
+const HANDOVER_DRAIN_MS = 1000;
 
 export interface DaemonOptions {
   /** The checkpoint (`criu dump -D`). */
@@ -125,6 +127,8 @@ class Daemon implements LazyPagesDaemon {
   private readonly requests = new Map<number, Request>();
   private nextReq = 1;
   private finished = false;
+  /** Set when the hand-over failed; tasks that still arrive are killed at once. */
+  private handoverError?: UserError;
   private ended = false;
   private readonly startedAt = performance.now();
   private readonly background: boolean;
@@ -213,17 +217,26 @@ class Daemon implements LazyPagesDaemon {
       case 'connected':
         return;
       case 'task': {
-        const image = this.checkpoint.process(ev.pid);
-        if (!image) {
-          // We cannot serve it: it must not run on zeros. Kill it before its uffd closes.
-          killQuietly(ev.pid);
+        if (this.handoverError) {
+          // The restore has failed already: this task must not run on zeros either.
           ev.uffd.close();
-          throw new UserError('EHANDOVER', `the restorer handed over pid ${ev.pid}, which has no images in ${this.checkpoint.dir}`);
+          this.killTask(ev.pid, this.handoverError.message);
+          return;
         }
-        if ([...this.states.values()].some((s) => s.pid === ev.pid && s.parent === undefined)) {
-          killQuietly(ev.pid);
+        const image = this.checkpoint.process(ev.pid);
+        const dup = [...this.states.values()].some((s) => s.pid === ev.pid && s.parent === undefined);
+        if (!image || dup) {
+          const err = new UserError(
+            'EHANDOVER',
+            dup
+              ? `the restorer handed over pid ${ev.pid} twice`
+              : `the restorer handed over pid ${ev.pid}, which has no images in ${this.checkpoint.dir}`,
+          );
+          // We cannot serve it: it must not run on zeros. Kill it before its uffd closes.
+          this.killTask(ev.pid, err.message);
           ev.uffd.close();
-          throw new UserError('EHANDOVER', `the restorer handed over pid ${ev.pid} twice`);
+          this.handoverFailed(err);
+          return;
         }
         const procId = this.loop.addProcess(ev.uffd, ev.pid);
         const st = ProcessState.attach(procId, image, { remote: this.source !== undefined });
@@ -240,6 +253,7 @@ class Daemon implements LazyPagesDaemon {
         this.emit({ type: 'zombie', pid: ev.pid });
         return;
       case 'finished': {
+        if (this.handoverError) throw this.handoverError;
         this.finished = true;
         this.emit({ type: 'restore-finished' });
         this.listener?.close();
@@ -250,11 +264,38 @@ class Daemon implements LazyPagesDaemon {
       case 'refused':
         this.emit({ type: 'warning', message: ev.message });
         return;
-      case 'error':
-        if (!this.finished) throw new UserError('EHANDOVER', `restore failed during the hand-over: ${ev.message}`);
-        this.emit({ type: 'warning', message: ev.message });
+      case 'error': {
+        if (this.finished) {
+          this.emit({ type: 'warning', message: ev.message });
+          return;
+        }
+        const err = new UserError('EHANDOVER', `restore failed during the hand-over: ${ev.message}`);
+        // The task named by the error lost its uffd (the restorer closed its own copy): kill it too.
+        if (ev.pid !== undefined) this.killTask(ev.pid, err.message);
+        // Without a pid the stream cannot be followed any further (a hang-up, garbage): fail now.
+        if (ev.pid === undefined) throw this.handoverError ?? err;
+        this.handoverFailed(err);
         return;
+      }
     }
+  }
+
+  /** SIGKILL a task that cannot be served, and say so. */
+  private killTask(pid: number, reason: string): void {
+    const killed = killQuietly(pid);
+    this.emit({ type: 'process-lost', pid, reason, killed });
+  }
+
+  /**
+   * The hand-over failed but the stream is still readable: kill everything attached now, keep
+   * reading for a moment so the tasks handed over after the bad one are killed too (instead of their
+   * uffds vanishing unread with the connection), then fail.
+   */
+  private handoverFailed(err: UserError): void {
+    if (this.handoverError) return;
+    this.handoverError = err;
+    for (const st of this.states.values()) if (st.status === 'serving') this.lose(st, err.message);
+    setTimeout(() => this.fail(err), HANDOVER_DRAIN_MS).unref();
   }
 
   // ---------------------------------------------------------------- native events

@@ -153,7 +153,7 @@ export type HandoverEvent =
   /** "restore finished": background transfer may start. */
   | { type: 'finished' }
   /** A fatal protocol error (e.g. `EHANDOVER` hang-up before "finished", `ENOTUFFD`). */
-  | { type: 'error'; code: string; message: string }
+  | { type: 'error'; code: string; message: string; pid?: number }
   /** A second connection, closed. */
   | { type: 'refused'; message: string };
 
@@ -169,14 +169,19 @@ function toHandoverEvent(r: Raw.RawHandoverEvent): HandoverEvent {
         return { type: 'task', pid: r.pid, uffd: Uffd.adopt(fd) };
       } catch (e) {
         const ne = toNativeError(e);
-        return { type: 'error', code: ne.code, message: `task ${r.pid}: ${ne.message}` };
+        return { type: 'error', code: ne.code, message: `task ${r.pid}: ${ne.message}`, pid: r.pid };
       }
     }
     case 'zombie':
       if (typeof r.pid !== 'number') throw badEvent(r);
       return { type: 'zombie', pid: r.pid };
     case 'error':
-      return { type: 'error', code: r.code ?? 'EHANDOVER', message: r.message ?? 'hand-over failed' };
+      return {
+        type: 'error',
+        code: r.code ?? 'EHANDOVER',
+        message: r.message ?? 'hand-over failed',
+        ...(typeof r.pid === 'number' ? { pid: r.pid } : {}),
+      };
     case 'refused':
       return { type: 'refused', message: r.message ?? 'second connection refused' };
     default:

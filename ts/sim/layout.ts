@@ -7,6 +7,7 @@
 import type { Checkpoint, ProcessImage } from '../images/index.js';
 
 const hex = (v: bigint) => `0x${v.toString(16)}`;
+const PROT_READ = 1;
 
 export interface SimLayout {
   workDir: string;
@@ -27,7 +28,8 @@ function processLayout(p: ProcessImage) {
     pid: p.pid,
     ppid: p.ppid,
     zombie: p.state === 'zombie',
-    vmas: lazyVmas.map((v) => ({ start: hex(v.start), end: hex(v.end), prot: v.prot, lazy: true })),
+    // A VMA nobody may read (a PROT_NONE guard) is mapped but not registered or verified: it has no pages.
+    vmas: lazyVmas.map((v) => ({ start: hex(v.start), end: hex(v.end), prot: v.prot, lazy: (v.prot & PROT_READ) !== 0 })),
     eager: p.eagerRanges
       .filter((r) => r.location.kind === 'file' && inLazyVma(r.start, r.end))
       .map((r) => ({

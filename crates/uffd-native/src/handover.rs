@@ -390,6 +390,10 @@ fn serve(sock: OwnedFd, wake: RawFd, stop: &AtomicBool, report: &mut dyn FnMut(R
           return;
         }
         Ok(s) => report(Report::Step(s)),
+        // The stream is still in step after these (the pid and its 1-byte message were read whole):
+        // keep reading, so the daemon learns every task that is handed over after the bad one and can
+        // kill it too, instead of its uffd vanishing unread with the connection.
+        Err(e @ (HandoverError::NoFd(_) | HandoverError::NotUffd(..))) => report(Report::Error(e)),
         Err(e) => {
           report(Report::Error(e));
           return;

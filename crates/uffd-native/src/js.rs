@@ -14,7 +14,7 @@ use crate::errors::{big_u64, to_napi, ArgError, NapiErr};
 /// Spelled `Result` so napi-derive recognises fallible exports; errors carry a string code.
 type Result<T> = std::result::Result<T, NapiErr>;
 use crate::event_loop::{self, Cmd, Counters, How, Job, LoopHandle, Out, Source};
-use crate::handover::{self, Report, Step};
+use crate::handover::{self, HandoverError, Report, Step};
 use crate::image;
 use crate::table::{Table, PAGE};
 use crate::uffd::{self, CopyResult, MODE_DONTWAKE};
@@ -213,7 +213,12 @@ fn handover_event(r: Report) -> RawHandoverEvent {
     Report::Step(Step::Finished) => ev("finished"),
     Report::Error(e) => {
       use crate::errors::Coded;
-      RawHandoverEvent { code: Some(e.code().into()), message: Some(e.to_string()), ..ev("error") }
+      // The task whose hand-over went wrong, so the daemon can kill it (its own uffd is gone).
+      let pid = match e {
+        HandoverError::NoFd(p) | HandoverError::NotUffd(p, _) => Some(p),
+        _ => None,
+      };
+      RawHandoverEvent { pid, code: Some(e.code().into()), message: Some(e.to_string()), ..ev("error") }
     }
     Report::Refused(m) => RawHandoverEvent { message: Some(m), ..ev("refused") },
   }
