@@ -18,6 +18,7 @@ import { EventLoop, HandoverListener, PageImage, type HandoverEvent, type Native
 import type { TlsFiles } from '../pageserver/tls.js';
 import { RemotePageSource } from '../pagesource/remote.js';
 import type { DaemonEvent, DaemonSummary, ProcessReport } from './events.js';
+import { ownsLazyVmas, youngerThanUs } from './identity.js';
 import { ProcessState } from './process-state.js';
 
 const PAGE = BigInt(PAGE_SIZE);
@@ -238,10 +239,19 @@ class Daemon implements LazyPagesDaemon {
           this.handoverFailed(err);
           return;
         }
-        const procId = this.loop.addProcess(ev.uffd, ev.pid);
+        // Watch and, if it comes to that, kill this pid only if it is verifiably the task (see identity.ts).
+        const ours = ownsLazyVmas(ev.pid, image);
+        if (!ours) {
+          this.emit({
+            type: 'warning',
+            message: `pid ${ev.pid} in this pid namespace is not the restored task (its lazy VMAs are not there): ` +
+              'it cannot be killed if the restore fails; run the daemon in the restored tree\'s pid namespace',
+          });
+        }
+        const procId = this.loop.addProcess(ev.uffd, ours ? ev.pid : 0);
         const st = ProcessState.attach(procId, image, { remote: this.source !== undefined });
         this.states.set(procId, st);
-        this.killPid.set(procId, ev.pid);
+        if (ours) this.killPid.set(procId, ev.pid);
         this.install(st);
         this.emit({ type: 'attached', pid: ev.pid, lazyPages: st.index.totalPages });
         return;
@@ -280,9 +290,9 @@ class Daemon implements LazyPagesDaemon {
     }
   }
 
-  /** SIGKILL a task that cannot be served, and say so. */
+  /** SIGKILL a task that cannot be served (never a process older than the daemon), and say so. */
   private killTask(pid: number, reason: string): void {
-    const killed = killQuietly(pid);
+    const killed = youngerThanUs(pid) && killQuietly(pid);
     this.emit({ type: 'process-lost', pid, reason, killed });
   }
 
@@ -337,7 +347,8 @@ class Daemon implements LazyPagesDaemon {
         case 'fork': {
           const child = st.fork(ev.childProcId);
           this.states.set(ev.childProcId, child);
-          const childPid = findNewChild(this.killPid.get(st.procId), new Set(this.killPid.values()));
+          const found = findNewChild(this.killPid.get(st.procId), new Set(this.killPid.values()));
+          const childPid = found !== undefined && ownsLazyVmas(found, st.image) ? found : undefined;
           if (childPid !== undefined) this.killPid.set(ev.childProcId, childPid);
           dirty.add(st);
           dirty.add(child);

@@ -363,8 +363,9 @@ impl Loop {
               let _ = epoll_add(self.ep.as_raw_fd(), fd.as_raw_fd(), token(TOK_PIDFD, proc_id));
               pidfd = Some(fd);
             }
-            // Already dead (or not ours to see): report it now rather than never.
-            None => self.out.push(Out::Exit { proc_id }),
+            // Gone already, or a pid of another namespace: do not guess. Its exit then shows as ESRCH
+            // on the next copy (a wrong "exit" would close the uffd of a live process).
+            None => {}
           }
         }
         counters.paused.store(true, Ordering::Relaxed);

@@ -1,0 +1,57 @@
+/**
+ * Is pid N, as this daemon sees it, really the restored task that handed over its userfaultfd?
+ *
+ * CRIU sends the task's pid as it is in the images. When the restored tree lives in the daemon's
+ * pid namespace (a plain `criu restore`) that is its real pid; in another namespace it may name an
+ * unrelated process. Killing or watching the wrong process would be far worse than not being able
+ * to, so a pid is trusted only if that process has the task's lazy VMAs at their addresses, still
+ * registered with a userfaultfd for missing pages (`um` in /proc/PID/smaps' VmFlags).
+ */
+import { readFileSync } from 'node:fs';
+
+import type { ProcessImage } from '../images/index.js';
+
+export function ownsLazyVmas(pid: number, image: ProcessImage): boolean {
+  const want = image.vmas.filter((v) => v.lazy && (v.prot & 1) !== 0);
+  if (want.length === 0) return false;
+  let smaps: string;
+  try {
+    smaps = readFileSync(`/proc/${pid}/smaps`, 'utf8');
+  } catch {
+    return false;
+  }
+  const registered = new Set<string>();
+  let current: string | undefined;
+  for (const line of smaps.split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+    if (m) {
+      current = m[1];
+      continue;
+    }
+    if (current && line.startsWith('VmFlags:') && / um\b/.test(line)) registered.add(current);
+  }
+  return want.some((v) => registered.has(v.start.toString(16)));
+}
+
+/** Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), or undefined. */
+function startTicks(pid: number | 'self'): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces and parentheses: count fields after the last ')'.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(rest[19]);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Could `pid` be a task restored for this daemon? Restored tasks are created after the daemon
+ * started (`criu restore --lazy-pages` needs the daemon listening), so a process that is older than
+ * the daemon is certainly not one: it is never killed, whatever pid a restorer claims.
+ */
+export function youngerThanUs(pid: number): boolean {
+  const self = startTicks('self');
+  const them = startTicks(pid);
+  return self !== undefined && them !== undefined && them >= self;
+}
