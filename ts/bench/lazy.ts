@@ -3,6 +3,8 @@
  * simulator against the daemon, the same shape as the floor's test (one process, one region,
  * 4 KiB first touches).
  */
+import { existsSync } from 'node:fs';
+
 import { startLazyPagesDaemon } from '../daemon/daemon.js';
 import type { Checkpoint } from '../images/index.js';
 import { layoutFor } from '../sim/layout.js';
@@ -36,8 +38,9 @@ export async function lazyLatency(ck: Checkpoint, workDir: string, order: 'rand'
       faults: l.count,
     };
   } finally {
-    sim.kill();
+    await sim.stop();
     await d.close('benchmark run ended');
+    await gone(ck.processes.map((p) => p.pid));
   }
 }
 
@@ -66,8 +69,13 @@ export async function lazyBulk(ck: Checkpoint, workDir: string, chunkBytes?: num
     const ms = t1 - t0;
     return { gbs: bytes / (ms / 1000) / 1e9, bytes, ms };
   } finally {
-    sim.kill();
-    await sim.result;
+    await sim.stop();
     await d.close('benchmark run ended');
+    await gone(ck.processes.map((p) => p.pid));
   }
+}
+
+/** Wait until none of `pids` exists (the next run restores the same pids). */
+async function gone(pids: number[]): Promise<void> {
+  for (let i = 0; i < 200 && pids.some((p) => existsSync(`/proc/${p}`)); i++) await new Promise((r) => setTimeout(r, 10));
 }

@@ -58,6 +58,8 @@ export interface SimRun {
   /** Resolves with the exit code, the parsed report (when one was printed) and stderr. */
   result: Promise<{ code: number | null; signal: NodeJS.Signals | null; report?: SimReport; stderr: string }>;
   kill(): void;
+  /** SIGTERM (the simulator then kills every restored process), SIGKILL after 2 s; resolves when it has exited. */
+  stop(): Promise<void>;
 }
 
 /** Start the simulator on a layout with extra arguments (workload, order, ...). */
@@ -88,6 +90,14 @@ export function startSimulator(layout: SimLayout, args: string[], opts: { latenc
     result,
     kill: () => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    },
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM');
+        const t = setTimeout(() => child.kill('SIGKILL'), 2000);
+        await result;
+        clearTimeout(t);
+      }
     },
   };
 }
