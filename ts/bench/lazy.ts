@@ -1,7 +1,7 @@
 /**
  * Our side of the benchmark: a real lazy restore of a synthetic checkpoint by the restore
  * simulator against the daemon, the same shape as the floor's test (one process, one region,
- * 4 KiB first touches).
+ * 4 KiB first touches). With `pageServer`, the pages come from a page server over loopback.
  */
 import { existsSync } from 'node:fs';
 
@@ -19,15 +19,27 @@ export interface LatencyRun {
   faults: number;
 }
 
-/** One run of per-fault latency (µs): every page touched once in `order`, background transfer off. */
-export async function lazyLatency(ck: Checkpoint, workDir: string, order: 'rand' | 'seq', seed: number): Promise<LatencyRun> {
-  const d = await startLazyPagesDaemon({ imagesDir: ck.dir, workDir, background: false });
-  const sim = startSimulator(layoutFor(ck, workDir), ['--workload', 'touch-all', '--order', order, '--seed', String(seed)]);
+export interface LatencyOptions {
+  order: 'rand' | 'seq';
+  seed: number;
+  /** Background transfer during the run (default off: every page is a fault). */
+  background?: boolean;
+  /** Touch only this many random pages (default: all). */
+  count?: number;
+  pageServer?: { address: string; port: number };
+}
+
+/** One run of per-fault latency (µs) as the restored process sees it: time of each first touch. */
+export async function lazyLatency(ck: Checkpoint, workDir: string, o: LatencyOptions): Promise<LatencyRun> {
+  const d = await startLazyPagesDaemon({ imagesDir: ck.dir, workDir, background: o.background ?? false, pageServer: o.pageServer });
+  const workload = o.count
+    ? ['--workload', 'touch-random', '--count', String(o.count)]
+    : ['--workload', 'touch-all'];
+  const sim = startSimulator(layoutFor(ck, workDir), [...workload, '--order', o.order, '--seed', String(o.seed)]);
   try {
     const res = await sim.result;
     const p = res.report?.processes[0];
     if (res.code !== 0 || !p?.latencyNs) throw new Error(`simulator failed (exit ${res.code}): ${res.stderr.trim()}`);
-    await d.done;
     const l = p.latencyNs;
     return {
       p50: l.p50 / 1000,
@@ -45,13 +57,18 @@ export async function lazyLatency(ck: Checkpoint, workDir: string, order: 'rand'
 }
 
 /** One run of the background drain: GB/s from "restore finished" to every page installed. */
-export async function lazyBulk(ck: Checkpoint, workDir: string, chunkBytes?: number): Promise<{ gbs: number; bytes: number; ms: number }> {
+export async function lazyBulk(
+  ck: Checkpoint,
+  workDir: string,
+  o: { chunkBytes?: number; pageServer?: { address: string; port: number } } = {},
+): Promise<{ gbs: number; bytes: number; ms: number }> {
   let t0 = 0;
   let t1 = 0;
   const d = await startLazyPagesDaemon({
     imagesDir: ck.dir,
     workDir,
-    chunkBytes,
+    chunkBytes: o.chunkBytes,
+    pageServer: o.pageServer,
     onEvent: (e) => {
       if (e.type === 'restore-finished') t0 = performance.now();
       if (e.type === 'done') t1 = performance.now();

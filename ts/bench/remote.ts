@@ -57,7 +57,7 @@ function chunks(ck: Checkpoint, chunk: number): { pid: number; vaddr: bigint; pa
 }
 
 /** Starts the page server in a child process; resolves with its port and a kill function. */
-async function serverProcess(imagesDir: string): Promise<{ port: number; stop: () => void }> {
+export async function serverProcess(imagesDir: string): Promise<{ port: number; stop: () => void }> {
   const mod = new URL('../pageserver/index.js', import.meta.url).href;
   const code = `import { startPageServer } from ${JSON.stringify(mod)};
     const s = await startPageServer({ imagesDir: process.argv[1] });

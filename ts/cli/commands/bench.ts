@@ -11,6 +11,7 @@ import { z } from 'zod';
 
 import { DEFAULT_FLOOR_SOURCE, Floor, median } from '../../bench/floor.js';
 import { lazyBulk, lazyLatency, type LatencyRun } from '../../bench/lazy.js';
+import { serverProcess } from '../../bench/remote.js';
 import { Checkpoint, writeSyntheticCheckpoint } from '../../images/index.js';
 import { parseSize, validate } from '../options.js';
 
@@ -22,6 +23,7 @@ const schema = z.object({
   bulk: z.boolean(),
   floor: z.string().min(1),
   json: z.string().min(1).optional(),
+  remote: z.boolean(),
   chunk: z.number().int().min(4096).optional(),
 });
 
@@ -37,6 +39,7 @@ export const benchCommand: CommandModule<object, Record<string, unknown>> = {
       .option('bulk', { type: 'boolean', default: true, describe: 'also measure the background drain (--no-bulk to skip)' })
       .option('floor', { type: 'string', default: DEFAULT_FLOOR_SOURCE, describe: 'floor.c (or a built floor binary)' })
       .option('json', { type: 'string', describe: 'write the results here as JSON' })
+      .option('remote', { type: 'boolean', default: true, describe: 'also measure lazy pages from a page server over loopback (--no-remote to skip)' })
       .option('chunk', { type: 'number', describe: 'background request size in bytes' }),
   handler: async (argv) => {
     const o = validate(schema, {
@@ -65,7 +68,7 @@ async function runBench(o: z.infer<typeof schema>): Promise<void> {
     const theirs: ReturnType<Floor['latency']>[] = [];
     for (let i = 0; i < o.runs; i++) {
       if (floor) theirs.push(floor.latency(o.order));
-      ours.push(await lazyLatency(latCk, latDir, o.order, i + 1));
+      ours.push(await lazyLatency(latCk, latDir, { order: o.order, seed: i + 1 }));
       say(
         `run ${i + 1}/${o.runs}: lazy-pages p50 ${ours[i].p50.toFixed(1)} µs p99 ${ours[i].p99.toFixed(1)} µs` +
           (floor ? ` | floor p50 ${theirs[i].p50.toFixed(1)} µs p99 ${theirs[i].p99.toFixed(1)} µs` : ''),
@@ -106,7 +109,7 @@ async function runBench(o: z.infer<typeof schema>): Promise<void> {
       const bulkRuns = Math.min(o.runs, 3);
       for (let i = 0; i < bulkRuns; i++) {
         if (floor) floorB.push(floor.bulk());
-        const r = await lazyBulk(bulkCk, bulkDir, o.chunk);
+        const r = await lazyBulk(bulkCk, bulkDir, { chunkBytes: o.chunk });
         oursB.push(r.gbs);
         say(`bulk run ${i + 1}/${bulkRuns}: lazy-pages ${r.gbs.toFixed(2)} GB/s (${(r.bytes / 2 ** 20).toFixed(0)} MiB in ${r.ms.toFixed(0)} ms)` +
           (floor ? ` | floor ${floorB[i].toFixed(2)} GB/s` : ''));
@@ -117,11 +120,59 @@ async function runBench(o: z.infer<typeof schema>): Promise<void> {
       say(`background drain of ${(o.bulkSize / 2 ** 30).toFixed(2)} GiB (median of ${bulkRuns} runs): lazy-pages ${bulk.lazyPagesGBs.toFixed(2)} GB/s` +
         (bulk.floorGBs ? `, floor ${bulk.floorGBs.toFixed(2)} GB/s, ratio ${(bulk.lazyPagesGBs / bulk.floorGBs).toFixed(2)}× (target ≥ 0.8×: ${bulk.lazyPagesGBs / bulk.floorGBs >= 0.8 ? 'met' : 'MISSED'})` : ''));
     }
+    if (o.remote) results.remote = await benchRemoteRestore(o, work, latency.lazyPages.p50, say);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
   if (o.json) {
     writeFileSync(o.json, `${JSON.stringify(results, null, 2)}\n`);
     say(`results written to ${o.json}`);
+  }
+}
+
+/**
+ * Lazy pages from a page server (a separate process, over loopback): per-fault latency with the
+ * background transfer off and while it runs, and the background drain rate. Targets: fault p50 ≤ 2×
+ * the local p50 of the same run (alone and under background), background ≥ 1 GB/s.
+ */
+async function benchRemoteRestore(o: z.infer<typeof schema>, work: string, localP50: number, say: (s: string) => void) {
+  const dir = join(work, 'remote');
+  await writeSyntheticCheckpoint({ out: dir, size: BigInt(o.bulk ? o.bulkSize : o.size), vmas: 4, procs: 1 });
+  const ck = await Checkpoint.open(dir);
+  const server = await serverProcess(dir);
+  try {
+    const ps = { address: '127.0.0.1', port: server.port };
+    const runs = Math.min(o.runs, 3);
+    const alone: LatencyRun[] = [];
+    const loaded: LatencyRun[] = [];
+    const bulk: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      alone.push(await lazyLatency(ck, dir, { order: o.order, seed: i + 1, count: 4000, pageServer: ps }));
+      loaded.push(await lazyLatency(ck, dir, { order: o.order, seed: i + 1, count: 4000, pageServer: ps, background: true }));
+      if (o.bulk) bulk.push((await lazyBulk(ck, dir, { pageServer: ps })).gbs);
+      say(
+        `remote run ${i + 1}/${runs}: fault p50 ${alone[i].p50.toFixed(1)} µs alone, ${loaded[i].p50.toFixed(1)} µs during background` +
+          (o.bulk ? `; background ${(bulk[i] * 1000).toFixed(0)} MB/s` : ''),
+      );
+    }
+    const r = {
+      faultAlone: { p50: median(alone.map((x) => x.p50)), p99: median(alone.map((x) => x.p99)) },
+      faultDuringBackground: { p50: median(loaded.map((x) => x.p50)), p99: median(loaded.map((x) => x.p99)) },
+      backgroundMBs: o.bulk ? median(bulk) * 1000 : undefined,
+      ratioToLocalP50: 0,
+      ratioToLocalP50DuringBackground: 0,
+    };
+    r.ratioToLocalP50 = r.faultAlone.p50 / localP50;
+    r.ratioToLocalP50DuringBackground = r.faultDuringBackground.p50 / localP50;
+    say('');
+    say(`remote (page server over loopback, median of ${runs} runs):`);
+    say(`  fault p50 ${r.faultAlone.p50.toFixed(1)} µs (p99 ${r.faultAlone.p99.toFixed(1)}) = ${r.ratioToLocalP50.toFixed(2)}× local p50 (target ≤ 2×: ${r.ratioToLocalP50 <= 2 ? 'met' : 'MISSED'})`);
+    say(`  fault p50 during background ${r.faultDuringBackground.p50.toFixed(1)} µs (p99 ${r.faultDuringBackground.p99.toFixed(1)}) = ${r.ratioToLocalP50DuringBackground.toFixed(2)}× local p50 (target ≤ 2×: ${r.ratioToLocalP50DuringBackground <= 2 ? 'met' : 'MISSED'})`);
+    if (r.backgroundMBs !== undefined) {
+      say(`  background ${r.backgroundMBs.toFixed(0)} MB/s (target ≥ 1000 MB/s: ${r.backgroundMBs >= 1000 ? 'met' : 'MISSED'}; CRIU reports ≈110 MB/s)`);
+    }
+    return r;
+  } finally {
+    server.stop();
   }
 }
