@@ -71,7 +71,8 @@ interface Request {
 export async function startLazyPagesDaemon(opts: DaemonOptions): Promise<LazyPagesDaemon> {
   const imagesDir = resolve(opts.imagesDir);
   const workDir = resolve(opts.workDir ?? imagesDir);
-  checkWorkDir(workDir);
+  checkDir(imagesDir, 'images dir', false);
+  checkDir(workDir, 'work dir', true);
   const checkpoint = await Checkpoint.open(imagesDir);
   const remote = checkpoint.processes.filter((p) => p.lazyRanges.some((r) => r.location.kind === 'remote'));
   if (remote.length > 0 && !opts.pageServer) {
@@ -96,18 +97,19 @@ export async function startLazyPagesDaemon(opts: DaemonOptions): Promise<LazyPag
   return d;
 }
 
-function checkWorkDir(dir: string): void {
+function checkDir(dir: string, what: string, writable: boolean): void {
   let st;
   try {
     st = statSync(dir);
   } catch {
-    throw new UserError('EWORKDIR', `work dir ${dir} does not exist`);
+    throw new UserError(what === 'work dir' ? 'EWORKDIR' : 'EIMAGESDIR', `${what} ${dir} does not exist`);
   }
-  if (!st.isDirectory()) throw new UserError('EWORKDIR', `work dir ${dir} is not a directory`);
+  if (!st.isDirectory()) throw new UserError('EWORKDIR', `${what} ${dir} is not a directory`);
+  if (!writable) return;
   try {
     accessSync(dir, fsConstants.W_OK | fsConstants.X_OK);
   } catch {
-    throw new UserError('EWORKDIR', `work dir ${dir} is not writable: ${SOCKET_NAME} cannot be created there`);
+    throw new UserError('EWORKDIR', `${what} ${dir} is not writable: ${SOCKET_NAME} cannot be created there`);
   }
 }
 

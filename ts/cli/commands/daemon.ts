@@ -3,8 +3,8 @@
  * A thin layer over startLazyPagesDaemon().
  */
 import { spawn } from 'node:child_process';
-import { closeSync, createWriteStream, writeFileSync, writeSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { closeSync, createWriteStream, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { z } from 'zod';
 
@@ -80,18 +80,23 @@ export const daemonCommand: CommandModule<object, Record<string, unknown>> = {
 };
 
 async function runDaemon(o: DaemonCliOptions, rawArgs: string[]): Promise<void> {
-  if (o.daemon) return detach(rawArgs);
+  if (o.daemon) return detach(o, rawArgs);
 
   const log = o.logFile ? createWriteStream(resolve(o.logFile), { flags: 'a' }) : undefined;
   const write = (s: string) => (log ? log.write(s) : process.stderr.write(s));
   const reporter = new Reporter({ verbosity: o.verbosity, write, tty: !log && process.stderr.isTTY === true });
-  const d = await startLazyPagesDaemon({
+  const started = startLazyPagesDaemon({
     imagesDir: o.imagesDir,
     workDir: o.workDir,
     background: o.background,
     chunkBytes: o.chunk,
     pageServer: o.pageServer ? pageServerOf(o) : undefined,
     onEvent: (e) => reporter.handle(e),
+  });
+  const d = await started.catch(async (e: unknown) => {
+    // A detached daemon's stderr goes nowhere: its log file must say why it could not start.
+    if (log && e instanceof Error) await new Promise<void>((r) => log.end(`lazy-pages: ${e.message}\n`, () => r()));
+    throw e;
   });
   if (o.pidfile) writeFileSync(resolve(o.pidfile), `${process.pid}\n`);
   if (o.statusFd !== undefined) signalReady(o.statusFd);
@@ -125,19 +130,33 @@ function signalReady(fd: number): void {
   }
 }
 
-/** -d: run ourselves again detached, wait until the child says it is ready (or dies), then return. */
-async function detach(rawArgs: string[]): Promise<void> {
+/**
+ * -d: run ourselves again detached, wait until the child says it is ready (or dies), then return.
+ * The child keeps no tie to our terminal or pipes (a caller doing `pid=$(lazy-pages daemon -d …)`
+ * must not hang): it logs to --log-file, by default `lazy-pages.log` in the work dir, as CRIU does.
+ */
+async function detach(o: DaemonCliOptions, rawArgs: string[]): Promise<void> {
+  const logFile = resolve(o.logFile ?? join(o.workDir ?? o.imagesDir, 'lazy-pages.log'));
   const args = rawArgs.filter((a) => a !== '-d' && a !== '--daemon' && a !== '--daemon=true');
+  if (o.logFile === undefined) args.push('-o', logFile);
   const child = spawn(process.execPath, [...process.execArgv, process.argv[1], ...args, '--status-fd', '3'], {
     detached: true,
-    stdio: ['ignore', 'ignore', 'inherit', 'pipe'],
+    stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
   });
   const ready = await new Promise<boolean>((res) => {
     const pipe = child.stdio[3] as NodeJS.ReadableStream;
     pipe.once('data', () => res(true));
     child.once('exit', () => res(false));
   });
-  if (!ready) throw new UserError('EDAEMON', 'the daemon exited before it was ready (see the messages above)');
+  if (!ready) {
+    let last = '';
+    try {
+      last = readFileSync(logFile, 'utf8').trim().split('\n').pop() ?? '';
+    } catch {
+      /* no log written */
+    }
+    throw new UserError('EDAEMON', `the daemon exited before it was ready${last ? `: ${last.replace(/^lazy-pages: /, '')}` : ''} (log: ${logFile})`);
+  }
   process.stdout.write(`${child.pid}\n`);
   child.unref();
   (child.stdio[3] as unknown as { destroy(): void }).destroy();

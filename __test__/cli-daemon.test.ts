@@ -1,0 +1,88 @@
+/** `lazy-pages daemon` as CRIU users run it: options, readiness on --status-fd, -d, exit codes. */
+import test from 'ava';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { layoutFor } from '../ts/sim/layout.js';
+import { startSimulator } from '../ts/sim/run.js';
+import { repoRoot, synth, tempDir } from './helpers/e2e.js';
+
+const bin = join(repoRoot, 'bin', 'lazy-pages.js');
+const cli = (args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 60_000 });
+
+test('a wrong option is one line naming it, exit code 1', (t) => {
+  for (const [args, re] of [
+    [['daemon'], /--images-dir: is required/],
+    [['daemon', '-D', '/nonexistent-dir'], /images dir \/nonexistent-dir does not exist/],
+    [['daemon', '-D', '/tmp', '--port', 'x', '--page-server'], /--port: must be a number/],
+    [['daemon', '-D', '/tmp', '--page-server'], /--port: is required with --page-server/],
+    [['daemon', '-D', '/tmp', '--bogus'], /Unknown argument: bogus/],
+    [['daemon', '-D', '/tmp', '-v9'], /--verbosity/],
+  ] as const) {
+    const r = cli([...args]);
+    t.is(r.status, 1, `${args.join(' ')}: ${r.stderr}`);
+    t.regex(r.stderr, re);
+    t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+    t.notRegex(r.stderr, /at .*\.js:\d+/);
+  }
+});
+
+test('--help documents the CRIU options', (t) => {
+  const r = cli(['daemon', '--help']);
+  t.is(r.status, 0);
+  for (const o of ['--images-dir', '--work-dir', '--page-server', '--address', '--port', '--daemon', '--pidfile', '--status-fd', '--log-file', '--tls']) {
+    t.true(r.stdout.includes(o), o);
+  }
+});
+
+test('a real restore through the CLI: ready byte on --status-fd, log file, exit 0', async (t) => {
+  const ck = await synth(t, { size: 2 << 20, vmas: 2 });
+  const wd = tempDir(t);
+  const log = join(wd, 'daemon.log');
+  const d = spawn(process.execPath, [bin, 'daemon', '-D', ck.dir, '-W', wd, '--status-fd', '3', '-o', log, '-v4'], {
+    stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+  });
+  t.teardown(() => {
+    if (d.exitCode === null && d.pid) process.kill(d.pid, 'SIGKILL');
+  });
+  const exited = new Promise<number | null>((r) => d.once('exit', r));
+  const byte = await new Promise<Buffer>((res, rej) => {
+    (d.stdio[3] as NodeJS.ReadableStream).once('data', (b: Buffer) => res(b));
+    void exited.then((c) => rej(new Error(`daemon exited ${c} before it was ready`)));
+  });
+  t.is(byte.length, 1);
+  t.true(existsSync(join(wd, 'lazy-pages.socket')));
+  const sim = startSimulator(layoutFor(ck, wd), ['--workload', 'touch-random', '--count', '20', '--then-verify-all', '--timeout', '60']);
+  t.teardown(() => sim.kill());
+  const [res, code] = await Promise.all([sim.result, exited]);
+  t.is(res.code, 0, res.stderr);
+  t.is(code, 0);
+  const text = readFileSync(log, 'utf8');
+  t.regex(text, /attached/);
+  t.regex(text, /restore finished/);
+  t.regex(text, /done: 1 processes/);
+});
+
+test('-d detaches once ready, prints the pid and writes --pidfile', async (t) => {
+  const ck = await synth(t, { size: 1 << 20 });
+  const wd = tempDir(t);
+  const pidfile = join(wd, 'pid');
+  const r = cli(['daemon', '-D', ck.dir, '-W', wd, '-d', '--pidfile', pidfile]);
+  t.is(r.status, 0, r.stderr);
+  const pid = Number(r.stdout.trim());
+  t.teardown(() => {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  });
+  t.true(pid > 0);
+  t.is(Number(readFileSync(pidfile, 'utf8').trim()), pid);
+  t.true(existsSync(`/proc/${pid}`));
+  // SIGTERM before any restorer: the daemon stops and, with nobody attached, kills nothing.
+  process.kill(pid, 'SIGTERM');
+  for (let i = 0; i < 100 && existsSync(`/proc/${pid}`); i++) await new Promise((res) => setTimeout(res, 20));
+  t.false(existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z'));
+});
