@@ -7,6 +7,7 @@ import test from 'ava';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { hasIp, makeNetnsPair, repoRoot, startCliServer, synthCheckpoint } from './helpers/netns.js';
+import { killOnTeardown } from './helpers/common.js';
 
 /** Runs a client script inside `ns`; resolves with its JSON line. The process is killed by pid in teardown. */
 function clientIn(t: import('ava').ExecutionContext, ns: string, o: { address: string; port: number; dir: string }): Promise<Record<string, unknown>> {
@@ -36,15 +37,7 @@ function clientIn(t: import('ava').ExecutionContext, ns: string, o: { address: s
   const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '--import', 'tsx', '--input-type=module', '-e', script, '--', o.address, String(o.port), o.dir], {
     cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'],
   });
-  t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null && child.pid) {
-      try {
-        process.kill(child.pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }
-  });
+  killOnTeardown(t, child);
   let out = '';
   let err = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));

@@ -4,32 +4,15 @@
  * starts is killed by pid in teardown, pass or fail.
  */
 import type { ExecutionContext } from 'ava';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 
 import { startLazyPagesDaemon, type DaemonOptions, type LazyPagesDaemon } from '../../ts/daemon/daemon.js';
 import type { DaemonEvent, DaemonSummary } from '../../ts/daemon/events.js';
-import { Checkpoint, writeSyntheticCheckpoint } from '../../ts/images/index.js';
+import type { Checkpoint } from '../../ts/images/index.js';
+import { tempDir } from './common.js';
 import { layoutFor, type SimLayout } from '../../ts/sim/layout.js';
 import { startSimulator, type SimReport } from '../../ts/sim/run.js';
 
-export const repoRoot = join(import.meta.dirname ?? new URL('.', import.meta.url).pathname, '..', '..');
-export const fixturesDir = join(repoRoot, '..', 'shared', 'fixtures', 'criu-images');
-
-/** A temp dir removed in teardown. */
-export function tempDir(t: ExecutionContext, prefix = 'lazy-e2e-'): string {
-  const d = mkdtempSync(join(tmpdir(), prefix));
-  t.teardown(() => rmSync(d, { recursive: true, force: true }));
-  return d;
-}
-
-/** Write a synthetic checkpoint with random high pids (the simulator restores with the same pids). */
-export async function synth(t: ExecutionContext, o: { size: number; vmas?: number; procs?: number; holes?: number }): Promise<Checkpoint> {
-  const dir = tempDir(t, 'lazy-ck-');
-  await writeSyntheticCheckpoint({ out: dir, size: BigInt(o.size), vmas: o.vmas ?? 2, procs: o.procs ?? 1, holes: o.holes ?? 0 });
-  return Checkpoint.open(dir);
-}
+export { fixturesDir, repoRoot, synth, tempDir } from './common.js';
 
 export interface RestoreResult {
   summary?: DaemonSummary;

@@ -5,25 +5,15 @@
  */
 import type { ExecutionContext } from 'ava';
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, openSync, readSync, closeSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { openSync, readSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
-import { Checkpoint, writeSyntheticCheckpoint, type ProcessImage } from '../../ts/images/index.js';
+import type { ProcessImage } from '../../ts/images/index.js';
+import { killOnTeardown, repoRoot, synth } from './common.js';
 
-export const repoRoot = join(import.meta.dirname ?? new URL('.', import.meta.url).pathname, '..', '..');
-
-export function tempDir(t: ExecutionContext, prefix = 'ps-'): string {
-  const d = mkdtempSync(join(tmpdir(), prefix));
-  t.teardown(() => rmSync(d, { recursive: true, force: true }));
-  return d;
-}
+export { repoRoot, tempDir } from './common.js';
 
 /** A synthetic checkpoint with page data (PE_LAZY|PE_PRESENT), removed in teardown. */
-export async function synthCheckpoint(t: ExecutionContext, o: { size: number; vmas?: number; procs?: number; holes?: number }): Promise<Checkpoint> {
-  const dir = tempDir(t, 'ps-ck-');
-  await writeSyntheticCheckpoint({ out: dir, size: BigInt(o.size), vmas: o.vmas ?? 2, procs: o.procs ?? 1, holes: o.holes ?? 0 });
-  return Checkpoint.open(dir);
-}
+export const synthCheckpoint = synth;
 
 /** The expected bytes of `pages` pages of `p` from `vaddr`, read from the pages file(s). */
 export function expectedPages(p: ProcessImage, vaddr: bigint, pages: number): Buffer {
@@ -73,15 +63,7 @@ export interface CliServer {
 export function startCliServer(t: ExecutionContext, args: string[], prefix: string[] = []): CliServer {
   const argv = [...prefix, process.execPath, ...pageServerCliArgs(args)];
   const child = spawn(argv[0]!, argv.slice(1), { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null && child.pid) {
-      try {
-        process.kill(child.pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
-  });
+  killOnTeardown(t, child);
   let out = '';
   let err = '';
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));

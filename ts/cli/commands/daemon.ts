@@ -11,6 +11,7 @@ import { z } from 'zod';
 import { startLazyPagesDaemon } from '../../daemon/daemon.js';
 import { UserError } from '../../errors.js';
 import { validate } from '../options.js';
+import { tlsFields, tlsFiles, tlsYargs } from '../tls-options.js';
 import { Reporter } from '../reporter.js';
 
 const schema = z
@@ -27,12 +28,7 @@ const schema = z
     verbosity: z.number().int().min(0).max(4).default(2),
     background: z.boolean().default(true),
     chunk: z.number().int().min(4096, 'must be at least 4096 bytes').optional(),
-    tls: z.boolean().default(false),
-    tlsCacert: z.string().min(1).optional(),
-    tlsCacrl: z.string().min(1).optional(),
-    tlsCert: z.string().min(1).optional(),
-    tlsKey: z.string().min(1).optional(),
-    tlsNoCnVerify: z.boolean().default(false),
+    ...tlsFields,
     pageServerTimeout: z.number().int().min(100, 'must be at least 100 ms').default(10_000),
   })
   .superRefine((o, ctx) => {
@@ -45,7 +41,7 @@ const schema = z
 export type DaemonCliOptions = z.infer<typeof schema>;
 
 function builder(y: Argv) {
-  return y
+  return tlsYargs(y, 'client')
     .option('images-dir', { alias: 'D', type: 'string', describe: 'checkpoint directory written by `criu dump` (required)' })
     .option('work-dir', { alias: 'W', type: 'string', describe: 'where lazy-pages.socket is created (default: the images dir)' })
     .option('page-server', { type: 'boolean', describe: 'fetch lazy pages from a page server instead of pages-*.img' })
@@ -58,12 +54,6 @@ function builder(y: Argv) {
     .option('verbosity', { alias: 'v', type: 'number', describe: 'log level 0-4 (-v4 or -vvvv as in CRIU)', default: 2 })
     .option('background', { type: 'boolean', describe: 'transfer untouched pages after "restore finished"', default: true })
     .option('chunk', { type: 'number', describe: 'largest background request in bytes (default 4 MiB)' })
-    .option('tls', { type: 'boolean', describe: 'talk TLS (X.509, mutual authentication) to the page server' })
-    .option('tls-cacert', { type: 'string', describe: 'CA certificate (default /etc/pki/CA/cacert.pem)' })
-    .option('tls-cacrl', { type: 'string', describe: 'CA revocation list (default /etc/pki/CA/cacrl.pem if present)' })
-    .option('tls-cert', { type: 'string', describe: 'our certificate (default /etc/pki/criu/cert.pem)' })
-    .option('tls-key', { type: 'string', describe: 'our private key (default /etc/pki/criu/private/key.pem)' })
-    .option('tls-no-cn-verify', { type: 'boolean', describe: "do not check the server certificate's name against --address" })
     .option('page-server-timeout', { type: 'number', describe: 'ms without progress before the page server counts as dead (default 10000)' })
     .example('$0 daemon -D /var/ckpt -W /run/restore', 'serve a local checkpoint; then run `criu restore -D /var/ckpt --lazy-pages -W /run/restore`');
 }
@@ -111,12 +101,11 @@ async function runDaemon(o: DaemonCliOptions, rawArgs: string[]): Promise<void> 
 }
 
 function pageServerOf(o: DaemonCliOptions) {
-  const tlsGiven = [o.tlsCacert, o.tlsCacrl, o.tlsCert, o.tlsKey].some((v) => v !== undefined);
   return {
     address: o.address ?? '127.0.0.1',
     port: o.port!,
     timeoutMs: o.pageServerTimeout,
-    tls: o.tls || tlsGiven ? { cacert: o.tlsCacert, cacrl: o.tlsCacrl, cert: o.tlsCert, key: o.tlsKey, noCnVerify: o.tlsNoCnVerify } : undefined,
+    tls: tlsFiles(o),
   };
 }
 

@@ -8,6 +8,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { z } from 'zod';
 import { startPageServer, type PageServerEvent } from '../../pageserver/index.js';
 import { validate } from '../options.js';
+import { tlsFields, tlsFiles, tlsYargs } from '../tls-options.js';
 
 const schema = z.object({
   imagesDir: z.string({ error: 'is required (the checkpoint directory)' }).min(1, 'must not be empty'),
@@ -15,28 +16,17 @@ const schema = z.object({
   port: z.number({ error: 'is required (0 = pick a free port)' }).int('must be a whole number').min(0, 'must be 0-65535').max(65535, 'must be 0-65535'),
   sessions: z.number({ error: 'must be a number' }).int('must be a whole number').min(1, 'must be at least 1').optional(),
   stallTimeout: z.number({ error: 'must be a number' }).int().min(100, 'must be at least 100 ms').default(30_000),
-  tls: z.boolean().default(false),
-  tlsCacert: z.string().min(1).optional(),
-  tlsCacrl: z.string().min(1).optional(),
-  tlsCert: z.string().min(1).optional(),
-  tlsKey: z.string().min(1).optional(),
-  tlsNoCnVerify: z.boolean().default(false),
+  ...tlsFields,
   verbosity: z.number().int().min(0).max(4).default(2),
 });
 
 function builder(y: Argv) {
-  return y
+  return tlsYargs(y, 'server')
     .option('images-dir', { alias: 'D', type: 'string', describe: 'checkpoint directory whose lazy pages to serve (required)' })
     .option('address', { type: 'string', describe: 'address to listen on (default 127.0.0.1)' })
     .option('port', { type: 'number', describe: 'TCP port (0 = a free one, printed on stdout)' })
     .option('sessions', { type: 'number', describe: 'exit after this many client sessions (default: serve until SIGTERM)' })
     .option('stall-timeout', { type: 'number', describe: 'ms a client may leave a reply unread before its session ends' })
-    .option('tls', { type: 'boolean', describe: 'TLS with X.509 mutual authentication' })
-    .option('tls-cacert', { type: 'string', describe: 'CA certificate (default /etc/pki/CA/cacert.pem)' })
-    .option('tls-cacrl', { type: 'string', describe: 'CA revocation list (default /etc/pki/CA/cacrl.pem if present)' })
-    .option('tls-cert', { type: 'string', describe: 'server certificate (default /etc/pki/criu/cert.pem)' })
-    .option('tls-key', { type: 'string', describe: 'server private key (default /etc/pki/criu/private/key.pem)' })
-    .option('tls-no-cn-verify', { type: 'boolean', describe: 'accepted for CRIU compatibility (the client checks names)' })
     .option('verbosity', { alias: 'v', type: 'number', describe: 'log level 0-4', default: 2 })
     .example('$0 page-server -D /var/ckpt --address 10.0.0.1 --port 27', 'serve the lazy pages of /var/ckpt to destination daemons');
 }
@@ -62,14 +52,13 @@ export const pageServerCommand: CommandModule<object, Record<string, unknown>> =
   builder,
   handler: async (argv) => {
     const o = validate(schema, argv);
-    const tlsGiven = [o.tlsCacert, o.tlsCacrl, o.tlsCert, o.tlsKey].some((v) => v !== undefined);
     const srv = await startPageServer({
       imagesDir: o.imagesDir,
       address: o.address,
       port: o.port,
       sessions: o.sessions,
       stallTimeoutMs: o.stallTimeout,
-      tls: o.tls || tlsGiven ? { cacert: o.tlsCacert, cacrl: o.tlsCacrl, cert: o.tlsCert, key: o.tlsKey } : undefined,
+      tls: tlsFiles(o),
       onEvent: (e) => {
         const l = logLine(e, o.verbosity);
         if (l) process.stderr.write(`page-server: ${l}\n`);
