@@ -18,7 +18,8 @@ export function nativeVersion(): string {
  * An error from the native core that a user can act on. Codes include `EPERM_UFFD` (no permission to create a
  * userfaultfd), `EUFFD_FEATURES` (kernel too old), `ENOTUFFD` (an fd that is not a userfaultfd), `EBADF`,
  * `ERANGE_IMAGE` (read outside a pages image), `EIMAGE`, `EHANDOVER` (restorer protocol error), `ESOCKET`
- * (cannot create lazy-pages.socket), `ETABLE` (invalid translation table), `ENOID`, `EINVALARG`, `EBADEVENT`.
+ * (cannot create lazy-pages.socket), `ETABLE` (invalid translation table), `ENOID`, `EINVALARG`, `EBADEVENT`,
+ * `EPAGESERVER` (cannot connect to a page server; the message names address:port).
  */
 export class NativeError extends UserError {
   override name = 'NativeError';
@@ -260,7 +261,14 @@ export type NativeEvent =
   | { type: 'exit'; procId: number }
   /** The uffd can no longer be served (ESRCH, read error, hang-up). */
   | { type: 'gone'; procId: number; reason: string }
-  | { type: 'error'; procId?: number; message: string };
+  | { type: 'error'; procId?: number; message: string }
+  /**
+   * The native page-server client failed (EOF, a wrong reply header, a stall longer than `timeoutMs`); the
+   * message names address:port and what happened. The source is no longer used, its outstanding `fetch`es
+   * complete as `error`, and faults waiting on it stay blocked: kill those processes. (`procId` is always
+   * absent: it is declared so code that reads `ev.procId` on any event still type-checks.)
+   */
+  | { type: 'source-error'; procId?: undefined; message: string };
 
 const num = (v: unknown): v is number => typeof v === 'number';
 const big = (v: unknown): v is bigint => typeof v === 'bigint';
@@ -306,6 +314,8 @@ export function parseNativeEvent(r: Raw.RawLoopEvent): NativeEvent {
       break;
     case 'error':
       return num(p) ? { type: 'error', procId: p, message: r.message ?? '' } : { type: 'error', message: r.message ?? '' };
+    case 'source-error':
+      return { type: 'source-error', message: r.message ?? 'page server failed' };
   }
   throw badEvent(r);
 }
@@ -315,10 +325,16 @@ export interface TableEntry {
   liveStart: bigint;
   liveEnd: bigint;
   imageStart: bigint;
-  /** `file`: served by the fast path from `imageId` at `fileOffset`; `remote`: forwarded as a `pagefault`. */
+  /**
+   * `file`: served by the fast path from `imageId` at `fileOffset`. `remote`: with a page server connected
+   * ({@link EventLoop.connectPageServer}) and a non-zero `imagePid`, fetched and served by the loop thread;
+   * otherwise forwarded as a `pagefault`.
+   */
   kind: 'file' | 'remote';
   imageId: number;
   fileOffset: number;
+  /** Remote entries: the pid of the process in the images (the GET's dst_id); packed into the imageId word. */
+  imagePid?: number;
 }
 
 /** Packs entries into the binding's layout (6 u64 per entry). */
@@ -326,7 +342,14 @@ export function packTable(entries: readonly TableEntry[]): BigUint64Array {
   const a = new BigUint64Array(entries.length * 6);
   entries.forEach((e, i) => {
     a.set(
-      [e.liveStart, e.liveEnd, e.imageStart, e.kind === 'file' ? 0n : 1n, BigInt(e.imageId), BigInt(e.fileOffset)],
+      [
+        e.liveStart,
+        e.liveEnd,
+        e.imageStart,
+        e.kind === 'file' ? 0n : 1n,
+        BigInt(e.kind === 'remote' ? (e.imagePid ?? e.imageId) : e.imageId),
+        BigInt(e.fileOffset),
+      ],
       i * 6,
     );
   });
@@ -342,6 +365,21 @@ export interface LoopStats {
   bytes: number;
   paused: boolean;
   gen: number;
+}
+
+/** Counters of the native page-server client ({@link EventLoop.sourceStats}). */
+export interface SourceStats {
+  /** A page server is connected and has not failed. */
+  connected: boolean;
+  /** The last page server failed (a `source-error` was reported). */
+  failed: boolean;
+  /** Faults served from the page server by the loop thread (one page each). */
+  faultsServed: number;
+  faultBytes: number;
+  /** Background reply bytes received for `fetch`. */
+  fetchBytes: number;
+  /** GET requests sent (follow-ups of short replies included). */
+  requests: number;
 }
 
 /**
@@ -427,6 +465,32 @@ export class EventLoop {
   /** Counters of a process. */
   stats(procId: number): LoopStats {
     return call(() => this.raw.stats(procId));
+  }
+  /**
+   * Connects the loop thread to a CRIU page server over plain TCP (TLS: use the TS client). Two connections
+   * are opened: faults in `remote` table entries (with `imagePid`) are then fetched and served without JS,
+   * and {@link EventLoop.fetch} works. Blocks for at most `timeoutMs` per connection; throws `EPAGESERVER`
+   * naming address:port. `timeoutMs` also bounds how long outstanding requests may make no progress before
+   * a `source-error`.
+   */
+  connectPageServer(address: string, port: number, timeoutMs = 10_000): void {
+    call(() => this.raw.connectPageServer(address, port, timeoutMs));
+  }
+  /**
+   * Background transfer: GETs `pages` pages of image process `imagePid` at image address `image` on the
+   * background connection (pipelined within the fetch window), then copies them to `dst` like `copy` (stale
+   * gen → `stale`, pieces, EEXIST pages skipped); completes with `done` (`error` if the source fails first).
+   */
+  fetch(procId: number, reqId: number, gen: number, imagePid: number, image: bigint, pages: number, dst: bigint): void {
+    call(() => this.raw.fetch(procId, reqId, gen, imagePid, image, pages, dst));
+  }
+  /** Background bytes in flight before further fetches queue locally (default 8 MiB). */
+  setFetchWindow(bytes: number): void {
+    call(() => this.raw.setFetchWindow(bytes));
+  }
+  /** Counters of the page-server client. */
+  sourceStats(): SourceStats {
+    return call(() => this.raw.sourceStats());
   }
   /** Size of one piece of a long copy (rounded down to pages, at least one page; default 1 MiB). */
   setPieceBytes(bytes: number): void {

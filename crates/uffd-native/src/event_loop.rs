@@ -19,6 +19,8 @@ use std::thread::JoinHandle;
 use crate::image::PageImage;
 use crate::msg::{self, Event, MSG_SIZE};
 use crate::outbox::Outbox;
+use crate::pagebuf::PageBuf;
+use crate::pageclient::{Fetch, PageClient, SourceStats, UrgentReq};
 use crate::table::{Kind, Table, PAGE};
 use crate::uffd::{CopyResult, Uffd};
 
@@ -30,6 +32,8 @@ pub const DEFAULT_PIECE: u64 = 1 << 20;
 const TOK_WAKE: u64 = 0;
 const TOK_UFFD: u64 = 1;
 const TOK_PIDFD: u64 = 2;
+const TOK_PS_URGENT: u64 = 3;
+const TOK_PS_BG: u64 = 4;
 
 fn token(kind: u64, id: u32) -> u64 {
   (kind << 32) | id as u64
@@ -82,6 +86,8 @@ pub enum Out {
   Exit { proc_id: u32 },
   Gone { proc_id: u32, reason: String },
   Error { proc_id: Option<u32>, message: String },
+  /// The page server failed (named, with what happened); it is no longer used.
+  SourceError { message: String },
 }
 
 /// Per-process counters, readable from JS without touching the loop thread.
@@ -100,6 +106,8 @@ pub struct Counters {
 pub enum Source {
   Image(PageImage, u64),
   Buffer(Vec<u8>),
+  /// A background fetch's reply (page aligned; returned to the client's pool when the copy completes).
+  Fetched(PageBuf),
   Zero,
 }
 
@@ -134,6 +142,10 @@ pub enum Cmd {
   Pause(u32),
   Remove(u32),
   PieceBytes(u64),
+  /// Use this page server for remote table entries and `Fetch` (replaces a previous one).
+  Connect(Box<PageClient>),
+  Fetch(Fetch),
+  FetchWindow(u64),
 }
 
 /// State shared by the JS handle and the thread.
@@ -147,6 +159,8 @@ pub struct Shared {
   pub counters: Mutex<HashMap<u32, Arc<Counters>>>,
   /// Reports to JS.
   pub outbox: Outbox<Out>,
+  /// Counters of the page server client.
+  pub source: SourceStats,
 }
 
 impl Shared {
@@ -211,6 +225,7 @@ impl LoopHandle {
       next_proc: AtomicU32::new(1),
       counters: Mutex::new(HashMap::new()),
       outbox: Outbox::new(notify),
+      source: SourceStats::default(),
     });
     let s2 = shared.clone();
     let thread = std::thread::Builder::new()
@@ -241,7 +256,7 @@ impl Drop for LoopHandle {
   }
 }
 
-fn epoll_add(ep: RawFd, fd: RawFd, tok: u64) -> std::io::Result<()> {
+pub(crate) fn epoll_add(ep: RawFd, fd: RawFd, tok: u64) -> std::io::Result<()> {
   let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: tok };
   // SAFETY: `ev` is valid for the call; both fds are open.
   if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
@@ -282,6 +297,9 @@ struct Loop {
   background: VecDeque<Job>,
   piece: u64,
   out: Vec<Out>,
+  /// The native page-server client (None: remote faults go to TS).
+  client: Option<Box<PageClient>>,
+  fetch_window: u64,
 }
 
 impl Loop {
@@ -295,6 +313,8 @@ impl Loop {
       background: VecDeque::new(),
       piece: DEFAULT_PIECE,
       out: Vec::with_capacity(256),
+      client: None,
+      fetch_window: crate::pageclient::DEFAULT_WINDOW,
     }
   }
 
@@ -303,8 +323,9 @@ impl Loop {
     let mut evs: [libc::epoll_event; 32] = unsafe { std::mem::zeroed() };
     loop {
       let busy = !self.urgent.is_empty() || !self.background.is_empty();
+      let timeout = if busy { 0 } else { self.source_timeout_ms() };
       // SAFETY: `evs` is a valid buffer of 32 events.
-      let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), evs.as_mut_ptr(), 32, if busy { 0 } else { -1 }) };
+      let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), evs.as_mut_ptr(), 32, timeout) };
       if n < 0 {
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::Interrupted {
@@ -320,10 +341,16 @@ impl Loop {
           TOK_WAKE => self.drain_commands(),
           TOK_UFFD => self.on_uffd(id, flags),
           TOK_PIDFD => self.on_exit(id),
+          TOK_PS_URGENT => self.on_source(true, flags),
+          TOK_PS_BG => self.on_source(false, flags),
           _ => {}
         }
       }
+      self.check_source_stall();
       if self.shared.stop.load(Ordering::SeqCst) {
+        if let Some(c) = self.client.as_mut() {
+          c.close_best_effort();
+        }
         self.flush();
         return; // dropping `self` closes every uffd/pidfd
       }
@@ -423,6 +450,14 @@ impl Loop {
         self.shared.counters.lock().unwrap_or_else(|p| p.into_inner()).remove(&proc_id);
       }
       Cmd::PieceBytes(b) => self.piece = b.max(PAGE) / PAGE * PAGE,
+      Cmd::Connect(c) => self.connect(c),
+      Cmd::Fetch(f) => self.fetch(f),
+      Cmd::FetchWindow(b) => {
+        self.fetch_window = b;
+        if let Some(c) = self.client.as_mut() {
+          c.set_window(b);
+        }
+      }
     }
   }
 
@@ -539,6 +574,16 @@ impl Loop {
         // held in `self.images`).
         (unsafe { p.uffd.copy(addr, src, PAGE, 0) }, How::Copy, image_addr)
       }
+      // A remote range with a connected page server: the loop thread fetches the page itself.
+      Some(e) if e.image_id != 0 && self.client.is_some() => {
+        let (image, _) = e.locate(addr);
+        let req = UrgentReq { proc_id, gen: p.gen, live: addr, image, pid: e.image_id };
+        let client = self.client.as_mut().expect("checked above");
+        if let Err(m) = client.request_page(req, &self.shared.source) {
+          self.source_failed(m);
+        }
+        return;
+      }
       Some(_) => {
         p.counters.forwarded.fetch_add(1, Ordering::Relaxed);
         self.out.push(Out::PageFault { proc_id, address: addr, flags, gen: p.gen });
@@ -546,6 +591,12 @@ impl Loop {
       }
       None => (p.uffd.zeropage(addr, PAGE, 0), How::Zero, addr),
     };
+    self.fault_result(proc_id, addr, image, how, res);
+  }
+
+  /// Accounts and reports the outcome of serving one fault (local or remote).
+  fn fault_result(&mut self, proc_id: u32, addr: u64, image: u64, how: How, res: CopyResult) {
+    let Some(p) = self.procs.get(&proc_id) else { return };
     match res {
       CopyResult::Copied(_) => {
         let c = &p.counters;
@@ -571,6 +622,125 @@ impl Loop {
     }
   }
 
+  // ------------------------------------------------------------------ page server (remote source)
+
+  /// Starts using a connected page server; a previous one is closed and its fetches complete as `error`.
+  fn connect(&mut self, mut c: Box<PageClient>) {
+    if let Some(mut old) = self.client.take() {
+      old.close_best_effort();
+      old.detach();
+      self.fail_fetches(old.take_fetches());
+    }
+    let ep = self.ep.as_raw_fd();
+    if let Err(e) = c.attach(ep, token(TOK_PS_URGENT, 0), token(TOK_PS_BG, 0)) {
+      c.detach();
+      let message = format!("page server {}: cannot watch the connection: {e}", c.name());
+      self.shared.source.failed.store(true, Ordering::Relaxed);
+      self.shared.source.connected.store(false, Ordering::Relaxed);
+      self.out.push(Out::SourceError { message });
+      return;
+    }
+    c.set_window(self.fetch_window);
+    self.shared.source.connected.store(true, Ordering::Relaxed);
+    self.shared.source.failed.store(false, Ordering::Relaxed);
+    self.client = Some(c);
+  }
+
+  /// A background fetch from TS: on the background connection (pipelined, windowed), copied when complete.
+  fn fetch(&mut self, f: Fetch) {
+    let Some(c) = self.client.as_mut() else {
+      // The source failed after JS checked it was connected: the request fails like the ones in flight did.
+      self.out.push(Out::Done { proc_id: f.proc_id, req_id: f.req_id, status: Status::Error, bytes: 0, errno: None });
+      return;
+    };
+    if let Err(m) = c.enqueue(f, &self.shared.source) {
+      self.source_failed(m);
+    }
+  }
+
+  fn fail_fetches(&mut self, fetches: Vec<Fetch>) {
+    for f in fetches {
+      self.out.push(Out::Done { proc_id: f.proc_id, req_id: f.req_id, status: Status::Error, bytes: 0, errno: None });
+    }
+  }
+
+  /// The source failed: report it once, stop using it, fail its outstanding fetches. Faults still waiting
+  /// for a page stay blocked: TS kills those processes (waking them would let them re-fault into TS).
+  fn source_failed(&mut self, what: String) {
+    let Some(mut c) = self.client.take() else { return };
+    c.detach();
+    let fetches = c.take_fetches();
+    self.shared.source.failed.store(true, Ordering::Relaxed);
+    self.shared.source.connected.store(false, Ordering::Relaxed);
+    self.out.push(Out::SourceError { message: format!("page server {}: {what}", c.name()) });
+    self.fail_fetches(fetches);
+  }
+
+  /// epoll timeout while requests are outstanding: wake up at the stall deadline.
+  fn source_timeout_ms(&self) -> i32 {
+    match self.client.as_ref().and_then(|c| c.deadline()) {
+      None => -1,
+      Some(d) => {
+        let ms = d.saturating_duration_since(std::time::Instant::now()).as_millis();
+        (ms.min(i32::MAX as u128) as i32).saturating_add(1)
+      }
+    }
+  }
+
+  fn check_source_stall(&mut self) {
+    let Some(c) = self.client.as_ref() else { return };
+    if let Err(m) = c.check_stall(std::time::Instant::now()) {
+      self.source_failed(m);
+    }
+  }
+
+  /// Readiness of a page-server socket. Background reads are bounded to one piece so faults (uffd and the
+  /// urgent socket) are polled again in between.
+  fn on_source(&mut self, urgent: bool, flags: u32) {
+    let Some(mut c) = self.client.take() else { return };
+    let mut res = Ok(());
+    if flags & libc::EPOLLOUT as u32 != 0 {
+      res = c.writable(urgent);
+    }
+    if res.is_ok() && flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+      res = if urgent {
+        c.read_urgent(&mut |req, page| self.on_remote_page(req, page))
+      } else {
+        let budget = self.piece as usize;
+        let stats = &self.shared.source;
+        let background = &mut self.background;
+        c.read_background(budget, stats, &mut |f| {
+          let len = f.pages * PAGE;
+          let Some(buf) = f.buf else { return };
+          background.push_back(Job::new(f.proc_id, f.req_id, f.gen, Source::Fetched(buf), f.dst, len, false));
+        })
+      };
+    }
+    self.client = Some(c);
+    if let Err(m) = res {
+      self.source_failed(m);
+    }
+  }
+
+  /// A fault's page arrived: copy it in if the process still has the layout it faulted with, else just wake
+  /// the thread (it re-faults against the table TS installs).
+  fn on_remote_page(&mut self, req: &UrgentReq, page: *const u8) {
+    let Some(p) = self.procs.get(&req.proc_id) else { return };
+    if p.dead {
+      return;
+    }
+    if p.paused || p.gen != req.gen {
+      let _ = p.uffd.wake(req.live, PAGE);
+      return;
+    }
+    // SAFETY: `page` points at the client's PAGE-byte receive buffer, untouched until this call returns.
+    let res = unsafe { p.uffd.copy(req.live, page, PAGE, 0) };
+    if matches!(res, CopyResult::Copied(_)) {
+      self.shared.source.faults_served.fetch_add(1, Ordering::Relaxed);
+    }
+    self.fault_result(req.proc_id, req.live, req.image, How::Copy, res);
+  }
+
   /// Appends a served page, merging with the previous report when contiguous.
   fn record_served(&mut self, proc_id: u32, live: u64, image: u64, how: How) {
     if let Some(Out::Served { proc_id: pp, live: pl, image: pi, len, how: ph }) = self.out.last_mut() {
@@ -589,7 +759,12 @@ impl Loop {
       return;
     };
     match self.step(&mut job) {
-      Some(done) => self.out.push(done),
+      Some(done) => {
+        self.out.push(done);
+        if let (Source::Fetched(b), Some(c)) = (job.src, self.client.as_mut()) {
+          c.recycle(b);
+        }
+      }
       None => {
         if urgent {
           self.urgent.push_front(job)
@@ -634,6 +809,8 @@ impl Loop {
       },
       // SAFETY: the Vec lives in the job for the duration of the call; done+chunk <= len == vec.len().
       Source::Buffer(v) => unsafe { p.uffd.copy(dst, v.as_ptr().add(job.done as usize), chunk, 0) },
+      // SAFETY: the buffer lives in the job; done+chunk <= len <= buffer length (checked when the job was made).
+      Source::Fetched(b) => unsafe { p.uffd.copy(dst, b.as_ptr().add(job.done as usize), chunk, 0) },
     };
     let counters = p.counters.clone();
     let account = |n: u64, job: &mut Job| {

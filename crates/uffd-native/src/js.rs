@@ -16,6 +16,8 @@ type Result<T> = std::result::Result<T, NapiErr>;
 use crate::event_loop::{self, Cmd, Counters, How, Job, LoopHandle, Out, Source};
 use crate::handover::{self, HandoverError, Report, Step};
 use crate::image;
+use crate::pageclient::{Fetch, PageClient};
+use crate::pagewire::MAX_NR_PAGES;
 use crate::table::{Table, PAGE};
 use crate::uffd::{self, CopyResult, MODE_DONTWAKE};
 
@@ -343,6 +345,7 @@ fn loop_event(o: Out) -> RawLoopEvent {
     Out::Exit { proc_id } => ev("exit", Some(proc_id)),
     Out::Gone { proc_id, reason } => RawLoopEvent { reason: Some(reason), ..ev("gone", Some(proc_id)) },
     Out::Error { proc_id, message } => RawLoopEvent { message: Some(message), ..ev("error", proc_id) },
+    Out::SourceError { message } => RawLoopEvent { message: Some(message), ..ev("source-error", None) },
   }
 }
 
@@ -356,6 +359,23 @@ pub struct RawStats {
   pub bytes: f64,
   pub paused: bool,
   pub gen: u32,
+}
+
+/// Counters of the native page-server client.
+#[napi(object, object_from_js = false)]
+pub struct RawSourceStats {
+  /// A page server is connected and has not failed.
+  pub connected: bool,
+  /// The last page server failed (a `source-error` was reported).
+  pub failed: bool,
+  /// Faults served from the page server by the loop thread.
+  pub faults_served: f64,
+  /// Their bytes (4096 per fault).
+  pub fault_bytes: f64,
+  /// Background reply bytes received.
+  pub fetch_bytes: f64,
+  /// GET requests sent (follow-ups of short replies included).
+  pub requests: f64,
 }
 
 type LoopTsfn = ThreadsafeFunction<(), (), Vec<RawLoopEvent>, Status, false>;
@@ -559,6 +579,89 @@ impl EventLoop {
       bytes: l(&c.bytes),
       paused: c.paused.load(Ordering::Relaxed),
       gen: c.gen.load(Ordering::Relaxed),
+    })
+  }
+
+  /// Connects the loop thread to a CRIU page server over plain TCP (two connections, TCP_NODELAY): faults in
+  /// remote table entries (5th word = image pid, non-zero) are then served natively, and `fetch` works.
+  /// Connecting blocks this call for at most `timeoutMs` per connection; failures throw `EPAGESERVER`
+  /// naming address:port. `timeoutMs` is also the longest a request may go without progress.
+  #[napi]
+  pub fn connect_page_server(&self, address: String, port: u32, timeout_ms: u32) -> Result<()> {
+    self.live()?;
+    let port = u16::try_from(port)
+      .ok()
+      .filter(|p| *p > 0)
+      .ok_or_else(|| to_napi(ArgError::Invalid(format!("port: expected 1-65535, got {port}"))))?;
+    if timeout_ms == 0 {
+      return Err(to_napi(ArgError::Invalid("timeoutMs: must be positive".into())));
+    }
+    let s = &self.handle.shared.source;
+    if s.connected.load(Ordering::Relaxed) {
+      return Err(to_napi(ArgError::Invalid("connectPageServer: a page server is already connected".into())));
+    }
+    let c = PageClient::connect(&address, port, std::time::Duration::from_millis(timeout_ms as u64)).map_err(to_napi)?;
+    // Marked here (not only on the thread) so a `fetch` right after this call is accepted.
+    s.connected.store(true, Ordering::Relaxed);
+    s.failed.store(false, Ordering::Relaxed);
+    self.handle.shared.send(Cmd::Connect(Box::new(c)));
+    Ok(())
+  }
+
+  /// Fetches `pages` pages of image process `imagePid` at image address `image` from the page server and
+  /// copies them to `dst` (same rules as `copy`: stale gen, pieces, EEXIST pages skipped); completes with
+  /// `done` (`error` if the source fails first).
+  #[napi]
+  #[allow(clippy::too_many_arguments)]
+  pub fn fetch(
+    &self,
+    proc_id: u32,
+    req_id: u32,
+    gen: u32,
+    image_pid: u32,
+    image: BigInt,
+    pages: u32,
+    dst: BigInt,
+  ) -> Result<()> {
+    let image = page_multiple(big_u64(&image, "image")?, "image")?;
+    let dst = page_multiple(big_u64(&dst, "dst")?, "dst")?;
+    if pages == 0 || pages as u64 > MAX_NR_PAGES {
+      return Err(to_napi(ArgError::Invalid(format!("pages: expected 1..{MAX_NR_PAGES}, got {pages}"))));
+    }
+    if image_pid == 0 || image_pid > i32::MAX as u32 {
+      return Err(to_napi(ArgError::Invalid(format!("imagePid: expected a pid, got {image_pid}"))));
+    }
+    self.known_proc(proc_id)?;
+    if !self.handle.shared.source.connected.load(Ordering::Relaxed) {
+      let why = if self.handle.shared.source.failed.load(Ordering::Relaxed) { "the page server failed" } else { "no page server is connected (call connectPageServer first)" };
+      return Err(to_napi(ArgError::Invalid(format!("fetch: {why}"))));
+    }
+    self.handle.shared.send(Cmd::Fetch(Fetch::new(proc_id, req_id, gen, image_pid, image, pages as u64, dst)));
+    Ok(())
+  }
+
+  /// Background bytes requested from the page server but not yet received before further fetches queue
+  /// (default 8 MiB; at least one page).
+  #[napi]
+  pub fn set_fetch_window(&self, bytes: f64) -> Result<()> {
+    self.live()?;
+    self.handle.shared.send(Cmd::FetchWindow(num_u64(bytes, "bytes")?));
+    Ok(())
+  }
+
+  /// Counters of the page-server client.
+  #[napi]
+  pub fn source_stats(&self) -> Result<RawSourceStats> {
+    self.live()?;
+    let s = &self.handle.shared.source;
+    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    Ok(RawSourceStats {
+      connected: s.connected.load(Ordering::Relaxed),
+      failed: s.failed.load(Ordering::Relaxed),
+      faults_served: l(&s.faults_served),
+      fault_bytes: l(&s.faults_served) * PAGE as f64,
+      fetch_bytes: l(&s.fetch_bytes),
+      requests: l(&s.requests),
     })
   }
 

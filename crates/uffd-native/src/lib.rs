@@ -7,6 +7,9 @@ pub mod handover;
 pub mod image;
 pub mod msg;
 pub mod outbox;
+pub mod pagebuf;
+pub mod pageclient;
+pub mod pagewire;
 pub mod table;
 pub mod uffd;
 

@@ -15,7 +15,8 @@ pub const WORDS: usize = 6;
 pub enum Kind {
   /// A mapped pages image (`image_id`, at `file_offset` for `live_start`).
   File,
-  /// Only TS knows (page server): forward the fault.
+  /// From the page server: `image_id` carries the IMAGE PID. With a native page-server client connected and a
+  /// non-zero pid the loop fetches the page itself; otherwise the fault is forwarded to TS.
   Remote,
 }
 
@@ -55,6 +56,8 @@ pub enum TableError {
   UnknownImage(usize, u64),
   /// entry i reads past the end of its image
   PastImage(usize, u64, u64),
+  /// entry i (remote) carries an image pid that does not fit a pid
+  BadPid(usize, u64),
 }
 
 impl fmt::Display for TableError {
@@ -66,6 +69,7 @@ impl fmt::Display for TableError {
       TableError::BadKind(i, k) => write!(f, "translation table entry {i}: kind {k} is not 0 (file) or 1 (remote)"),
       TableError::Unsorted(i) => write!(f, "translation table entry {i}: overlaps or precedes entry {}", i - 1),
       TableError::UnknownImage(i, id) => write!(f, "translation table entry {i}: image id {id} is not loaded"),
+      TableError::BadPid(i, pid) => write!(f, "translation table entry {i}: image pid {pid} of a remote entry is not a valid pid"),
       TableError::PastImage(i, end, size) => {
         write!(f, "translation table entry {i}: reads up to file offset {end}, past the image size {size}")
       }
@@ -117,6 +121,8 @@ impl Table {
         if end > size {
           return Err(TableError::PastImage(i, end, size));
         }
+      } else if id > i32::MAX as u64 {
+        return Err(TableError::BadPid(i, id));
       }
       entries.push(Entry { live_start: ls, live_end: le, image_start: is, kind, image_id: id as u32, file_offset: off });
     }
@@ -169,6 +175,7 @@ mod tests {
     );
     // remote entries need no image
     assert!(Table::parse(&[0x1000, 0x2000, 0, 1, 9, 0], &sizes).is_ok());
+    assert_eq!(Table::parse(&[0x1000, 0x2000, 0, 1, 1 << 40, 0], &sizes).unwrap_err(), TableError::BadPid(0, 1 << 40));
     assert!(TableError::Unsorted(1).to_string().contains("entry 1"));
   }
 
