@@ -10,6 +10,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { z } from 'zod';
 
 import { DEFAULT_FLOOR_SOURCE, Floor, median } from '../../bench/floor.js';
+import { benchImages } from '../../bench/images-bench.js';
 import { lazyBulk, lazyLatency, type LatencyRun } from '../../bench/lazy.js';
 import { serverProcess } from '../../bench/remote.js';
 import { Checkpoint, writeSyntheticCheckpoint } from '../../images/index.js';
@@ -59,6 +60,12 @@ async function runBench(o: z.infer<typeof schema>): Promise<void> {
   if (!floor) say(`note: no floor at ${o.floor}: ratios are not reported (pass --floor path/to/floor.c)`);
   const work = mkdtempSync(join(tmpdir(), 'lazy-pages-bench-'));
   const results: Record<string, unknown> = { date: new Date().toISOString(), options: o };
+  const idx = await benchImages();
+  results.imageIndex = idx;
+  say(
+    `image index: ${idx.entries.toLocaleString('en')} pagemap entries indexed in ${idx.buildMs.toFixed(0)} ms; ` +
+      `lookup ${idx.nsPerLookup.toFixed(0)} ns (binary search, O(log n); median of ${idx.runs} runs of ${idx.lookups.toLocaleString('en')})`,
+  );
   try {
     // ---- latency: one process, one region, every page touched once, background off
     const latDir = join(work, 'lat');
