@@ -82,17 +82,27 @@ export async function startLazyPagesDaemon(opts: DaemonOptions): Promise<LazyPag
         'pass --page-server --address A --port P',
     );
   }
-  let source: RemotePageSource | undefined;
-  if (opts.pageServer) {
-    const ps = opts.pageServer;
+  const ps = opts.pageServer;
+  if (ps?.tls) {
+    // TLS goes through Node's tls module: the TypeScript client fetches, the native core copies.
     let onError: (e: UserError) => void = () => undefined;
-    source = await RemotePageSource.connect({ ...ps, onError: (e) => onError(e) });
+    const source = await RemotePageSource.connect({ ...ps, onError: (e) => onError(e) });
     const d = new Daemon(checkpoint, workDir, opts, source);
     onError = (e) => d.sourceFailed(e);
     d.start();
     return d;
   }
-  const d = new Daemon(checkpoint, workDir, opts, source);
+  const d = new Daemon(checkpoint, workDir, opts);
+  if (ps) {
+    // Plain TCP: the native event loop talks to the page server itself, so a remote fault is fetched
+    // and installed without a trip through the JS event loop.
+    try {
+      d.connectNative(ps.address, ps.port, ps.timeoutMs ?? 10_000);
+    } catch (e) {
+      await d.close('the page server is unreachable');
+      throw new UserError('EPAGESERVER', `page server ${ps.address}:${ps.port}: ${(e as Error).message}`);
+    }
+  }
   d.start();
   return d;
 }
@@ -139,6 +149,8 @@ class Daemon implements LazyPagesDaemon {
   private readonly queueDepth: number;
   private readonly lastProgress = new Map<number, number>();
   private readonly remoteDepth: number;
+  /** Remote pages are fetched by the native page-server client. */
+  private nativeRemote = false;
   /** Remote background fetches on the wire, per process. */
   private readonly fetching = new Map<ProcessState, number>();
 
@@ -186,6 +198,12 @@ class Daemon implements LazyPagesDaemon {
   /** The page server failed: nobody can be served any more. */
   sourceFailed(e: UserError): void {
     this.fail(e);
+  }
+
+  /** Lazy pages come from a page server through the native client (plain TCP). */
+  connectNative(address: string, port: number, timeoutMs: number): void {
+    this.loop.connectPageServer(address, port, timeoutMs);
+    this.nativeRemote = true;
   }
 
   private emit(e: DaemonEvent): void {
@@ -316,6 +334,10 @@ class Daemon implements LazyPagesDaemon {
     const dirty = new Set<ProcessState>();
     const served = new Map<ProcessState, { pages: number; zero: number }>();
     for (const ev of batch) {
+      if (ev.type === 'source-error') {
+        this.fail(new UserError('EPAGESERVER', ev.message));
+        return;
+      }
       if (ev.type === 'error' && ev.procId === undefined) {
         this.emit({ type: 'warning', message: `native core: ${ev.message}` });
         continue;
@@ -529,8 +551,9 @@ class Daemon implements LazyPagesDaemon {
       for (const st of this.states.values()) {
         if (st.status !== 'serving') continue;
         if (this.background) {
-          while (st.inflightRequests < (this.source ? this.remoteDepth : this.queueDepth)) {
-            const c = st.nextChunk(this.source ? Math.min(this.chunkPages, 256) : this.chunkPages);
+          const remote = this.source !== undefined || this.nativeRemote;
+          while (st.inflightRequests < (remote ? this.remoteDepth : this.queueDepth)) {
+            const c = st.nextChunk(remote ? Math.min(this.chunkPages, 256) : this.chunkPages);
             if (!c) break;
             const r = st.index.ranges[c.range];
             st.pages.fly(c.firstPage, c.pages);
@@ -540,6 +563,10 @@ class Daemon implements LazyPagesDaemon {
               this.requests.set(reqId, { st, firstPage: c.firstPage, pages: c.pages });
               const fileOffset = r.location.offset + (c.image - r.start);
               this.loop.copy(st.procId, reqId, st.gen, this.imageId(r.location.file), fileOffset, c.live, BigInt(c.pages) * PAGE, false);
+            } else if (this.nativeRemote) {
+              const reqId = this.nextReq++;
+              this.requests.set(reqId, { st, firstPage: c.firstPage, pages: c.pages });
+              this.loop.fetch(st.procId, reqId, st.gen, st.pid, c.image, c.pages, c.live);
             } else {
               this.remoteBackground(st, c.firstPage, c.pages, c.image);
             }

@@ -15,7 +15,7 @@ const PAGE = BigInt(PAGE_SIZE);
 /** Table entry kinds understood by the native core. */
 export const TABLE_KIND_FILE = 0n;
 export const TABLE_KIND_REMOTE = 1n;
-/** u64 words per translation-table entry: liveStart, liveEnd, imageStart, kind, imageId, fileOffset. */
+/** u64 words per translation-table entry: liveStart, liveEnd, imageStart, kind, imageId (image pid if remote), fileOffset. */
 export const TABLE_WORDS = 6;
 
 export type ProcessStatus = 'serving' | 'done' | 'lost';
@@ -172,7 +172,9 @@ export class ProcessState {
         t[o + 4] = BigInt(imageIdOf(r.location.file));
         t[o + 5] = r.location.offset + (s.imageStart - r.start);
       } else {
+        // For remote entries the native page-server client needs the image pid to ask for the page.
         t[o + 3] = TABLE_KIND_REMOTE;
+        t[o + 4] = BigInt(this.pid);
       }
     });
     return t;
