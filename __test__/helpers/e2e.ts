@@ -4,6 +4,7 @@
  * starts is killed by pid in teardown, pass or fail.
  */
 import type { ExecutionContext } from 'ava';
+import { readFileSync } from 'node:fs';
 
 import { startLazyPagesDaemon, type DaemonOptions, type LazyPagesDaemon } from '../../ts/daemon/daemon.js';
 import type { DaemonEvent, DaemonSummary } from '../../ts/daemon/events.js';
@@ -37,13 +38,8 @@ export async function restore(
   const sim = startSimulator(layout, ['--timeout', '100', ...simArgs]);
   t.teardown(() => {
     sim.kill();
-    for (const p of layout.processes) {
-      try {
-        process.kill(p.pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
+    // Only processes the simulator made: a pid it could not get may belong to anyone (even ava).
+    for (const p of layout.processes) if (isSimProcess(p.pid)) process.kill(p.pid, 'SIGKILL');
   });
   if (o.during) await o.during(d, sim.pid);
   let summary: DaemonSummary | undefined;
@@ -63,4 +59,13 @@ export async function restore(
 /** A readable failure message for a simulator run. */
 export function simFailure(r: RestoreResult): string {
   return `sim exit ${r.sim.code}; stderr: ${r.sim.stderr.trim()}; daemon: ${r.daemonError?.message ?? 'ok'}; report: ${JSON.stringify(r.sim.report)?.slice(0, 2000)}`;
+}
+
+/** Is `pid` a process of the restore simulator (its command name)? */
+export function isSimProcess(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim().startsWith('restore-sim');
+  } catch {
+    return false;
+  }
 }

@@ -18,7 +18,7 @@ import { EventLoop, HandoverListener, PageImage, type HandoverEvent, type Native
 import type { TlsFiles } from '../pageserver/tls.js';
 import { RemotePageSource } from '../pagesource/remote.js';
 import type { DaemonEvent, DaemonSummary, ProcessReport } from './events.js';
-import { ownsLazyVmas, youngerThanUs } from './identity.js';
+import { descendsFrom, ownsLazyVmas, youngerThanUs } from './identity.js';
 import { ProcessState } from './process-state.js';
 
 const PAGE = BigInt(PAGE_SIZE);
@@ -140,6 +140,8 @@ class Daemon implements LazyPagesDaemon {
   private readonly requests = new Map<number, Request>();
   private nextReq = 1;
   private finished = false;
+  /** The restorer's pid (SO_PEERCRED): tasks it names are its descendants. */
+  private restorerPid = 0;
   /** Set when the hand-over failed; tasks that still arrive are killed at once. */
   private handoverError?: UserError;
   private ended = false;
@@ -236,6 +238,7 @@ class Daemon implements LazyPagesDaemon {
   private onHandover(ev: HandoverEvent): void {
     switch (ev.type) {
       case 'connected':
+        this.restorerPid = ev.pid;
         return;
       case 'task': {
         if (this.handoverError) {
@@ -310,9 +313,12 @@ class Daemon implements LazyPagesDaemon {
     }
   }
 
-  /** SIGKILL a task that cannot be served (never a process older than the daemon), and say so. */
+  /**
+   * SIGKILL a task the restorer named in a failed hand-over, and say so: only if it descends from the
+   * restorer and is younger than the daemon (it cannot be checked against its uffd any more).
+   */
   private killTask(pid: number, reason: string): void {
-    const killed = youngerThanUs(pid) && killQuietly(pid);
+    const killed = descendsFrom(pid, this.restorerPid) && youngerThanUs(pid) && killQuietly(pid);
     this.emit({ type: 'process-lost', pid, reason, killed });
   }
 

@@ -55,3 +55,28 @@ export function youngerThanUs(pid: number): boolean {
   const them = startTicks(pid);
   return self !== undefined && them !== undefined && them >= self;
 }
+
+/** Parent pid of `pid` (field 4 of /proc/PID/stat), or undefined. */
+function parentOf(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Does `pid` descend from `ancestor` (the restorer, from SO_PEERCRED)? The restorer forks every task
+ * it restores, so a task it names in a failed hand-over is killed only if this holds: a pid that the
+ * restorer got wrong, or garbage that parses as a pid, never hits an unrelated process (or us).
+ */
+export function descendsFrom(pid: number, ancestor: number): boolean {
+  if (ancestor <= 1 || pid === process.pid || pid === ancestor) return false;
+  let p: number | undefined = pid;
+  for (let depth = 0; depth < 64 && p !== undefined && p > 1; depth++) {
+    p = parentOf(p);
+    if (p === ancestor) return true;
+  }
+  return false;
+}

@@ -147,7 +147,8 @@ export class Uffd {
 
 /** Events of the hand-over socket, in the order the restorer produces them. */
 export type HandoverEvent =
-  | { type: 'connected' }
+  /** The restorer connected; `pid` is its pid (SO_PEERCRED), 0 when unknown. */
+  | { type: 'connected'; pid: number }
   /** A live task; `uffd` is already adopted and owned by the receiver of the event. */
   | { type: 'task'; pid: number; uffd: Uffd }
   | { type: 'zombie'; pid: number }
@@ -161,8 +162,9 @@ export type HandoverEvent =
 function toHandoverEvent(r: Raw.RawHandoverEvent): HandoverEvent {
   switch (r.type) {
     case 'connected':
+      return { type: 'connected', pid: r.pid ?? 0 };
     case 'finished':
-      return { type: r.type };
+      return { type: 'finished' };
     case 'task': {
       if (typeof r.pid !== 'number' || typeof r.fd !== 'number') throw badEvent(r);
       const fd = r.fd;

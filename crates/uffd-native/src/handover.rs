@@ -204,7 +204,8 @@ impl Source for SocketSource {
 #[derive(Debug)]
 pub enum Report {
   /// The restorer connected.
-  Connected,
+  /// The restorer connected; `pid` is its pid from SO_PEERCRED (0 if the kernel would not say).
+  Connected { pid: i32 },
   /// A protocol step.
   Step(Step),
   /// A fatal protocol error (the listener stops reading).
@@ -300,6 +301,20 @@ fn accept(listen: RawFd) -> io::Result<OwnedFd> {
   Ok(unsafe { OwnedFd::from_raw_fd(c) })
 }
 
+/// The connected peer's pid (SO_PEERCRED), or 0. The daemon uses it to kill only processes that
+/// descend from the restorer when a hand-over fails, never an unrelated process with a claimed pid.
+fn peer_pid(fd: RawFd) -> i32 {
+  let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+  let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+  // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly sized ucred on our stack.
+  let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut libc::c_void, &mut len) };
+  if r == 0 {
+    cred.pid
+  } else {
+    0
+  }
+}
+
 impl Listener {
   /// Binds the socket and starts the thread; `report` is called on that thread for every event.
   pub fn start<F: FnMut(Report) + Send + 'static>(work_dir: &Path, mut report: F) -> Result<Listener, HandoverError> {
@@ -372,8 +387,9 @@ fn serve(sock: OwnedFd, wake: RawFd, stop: &AtomicBool, report: &mut dyn FnMut(R
     if ready[1] {
       match accept(sock.as_raw_fd()) {
         Ok(c) if conn.is_none() => {
+          let pid = peer_pid(c.as_raw_fd());
           conn = Some(SocketSource(c));
-          report(Report::Connected);
+          report(Report::Connected { pid });
         }
         Ok(other) => {
           drop(other);

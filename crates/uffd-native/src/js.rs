@@ -209,7 +209,7 @@ pub struct RawHandoverEvent {
 fn handover_event(r: Report) -> RawHandoverEvent {
   let ev = |kind: &str| RawHandoverEvent { kind: kind.into(), pid: None, fd: None, code: None, message: None };
   match r {
-    Report::Connected => ev("connected"),
+    Report::Connected { pid } => RawHandoverEvent { pid: Some(pid), ..ev("connected") },
     Report::Step(Step::Task { pid, fd }) => RawHandoverEvent { pid: Some(pid), fd: Some(fd), ..ev("task") },
     Report::Step(Step::Zombie { pid }) => RawHandoverEvent { pid: Some(pid), ..ev("zombie") },
     Report::Step(Step::Finished) => ev("finished"),
