@@ -27,11 +27,12 @@ export interface LatencyOptions {
   /** Touch only this many random pages (default: all). */
   count?: number;
   pageServer?: { address: string; port: number };
+  pieceBytes?: number;
 }
 
 /** One run of per-fault latency (µs) as the restored process sees it: time of each first touch. */
 export async function lazyLatency(ck: Checkpoint, workDir: string, o: LatencyOptions): Promise<LatencyRun> {
-  const d = await startLazyPagesDaemon({ imagesDir: ck.dir, workDir, background: o.background ?? false, pageServer: o.pageServer });
+  const d = await startLazyPagesDaemon({ imagesDir: ck.dir, workDir, background: o.background ?? false, pageServer: o.pageServer, pieceBytes: o.pieceBytes });
   const workload = o.count
     ? ['--workload', 'touch-random', '--count', String(o.count)]
     : ['--workload', 'touch-all'];
@@ -60,7 +61,7 @@ export async function lazyLatency(ck: Checkpoint, workDir: string, o: LatencyOpt
 export async function lazyBulk(
   ck: Checkpoint,
   workDir: string,
-  o: { chunkBytes?: number; pageServer?: { address: string; port: number } } = {},
+  o: { chunkBytes?: number; pieceBytes?: number; pageServer?: { address: string; port: number } } = {},
 ): Promise<{ gbs: number; bytes: number; ms: number }> {
   let t0 = 0;
   let t1 = 0;
@@ -68,6 +69,7 @@ export async function lazyBulk(
     imagesDir: ck.dir,
     workDir,
     chunkBytes: o.chunkBytes,
+    pieceBytes: o.pieceBytes,
     pageServer: o.pageServer,
     onEvent: (e) => {
       if (e.type === 'restore-finished') t0 = performance.now();
