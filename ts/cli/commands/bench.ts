@@ -113,7 +113,7 @@ async function runBench(o: z.infer<typeof schema>): Promise<void> {
       const bulkCk = await Checkpoint.open(bulkDir);
       const oursB: number[] = [];
       const floorB: number[] = [];
-      const bulkRuns = Math.min(o.runs, 3);
+      const bulkRuns = o.runs;
       for (let i = 0; i < bulkRuns; i++) {
         if (floor) floorB.push(floor.bulk());
         const r = await lazyBulk(bulkCk, bulkDir, { chunkBytes: o.chunk });
