@@ -111,6 +111,12 @@ export class PageSet {
   /** 1 = a request for the page is queued or running in the native core. */
   private readonly flying: Uint8Array;
   private leftCount: number;
+  /**
+   * Every dense page below this one is settled or in flight. Scans start here, so picking the next
+   * background chunk does not rescan the drained part of a large process again and again (that made
+   * the JS thread compete with the copies for the CPU: O(pages²) over a drain).
+   */
+  private hint = 0;
 
   constructor(index: ImageIndex, from?: PageSet) {
     this.index = index;
@@ -162,6 +168,7 @@ export class PageSet {
   /** A request for [first, first+n) ended without installing those pages: they are owed again. */
   land(first: number, n: number): void {
     this.flying.fill(0, first, first + n);
+    if (first < this.hint) this.hint = first;
   }
 
   /**
@@ -171,8 +178,11 @@ export class PageSet {
   nextRun(from: number, to: number, max: number): [number, number] | undefined {
     const left = this.left;
     const flying = this.flying;
-    let p = from;
+    const fromHint = from <= this.hint;
+    let p = fromHint ? this.hint : from;
     while (p < to && (left[p] === 0 || flying[p] === 1)) p++;
+    // Everything between the hint and p was just seen unavailable.
+    if (fromHint) this.hint = p;
     if (p >= to) return undefined;
     const start = p;
     const limit = Math.min(to, start + max);

@@ -115,7 +115,7 @@ async function runBench(o: z.infer<typeof schema>): Promise<void> {
       const floorB: number[] = [];
       const bulkRuns = o.runs;
       for (let i = 0; i < bulkRuns; i++) {
-        if (floor) floorB.push(floor.bulk());
+        if (floor) floorB.push(floor.bulk(o.bulkSize));
         const r = await lazyBulk(bulkCk, bulkDir, { chunkBytes: o.chunk });
         oursB.push(r.gbs);
         say(`bulk run ${i + 1}/${bulkRuns}: lazy-pages ${r.gbs.toFixed(2)} GB/s (${(r.bytes / 2 ** 20).toFixed(0)} MiB in ${r.ms.toFixed(0)} ms)` +
@@ -124,12 +124,13 @@ async function runBench(o: z.infer<typeof schema>): Promise<void> {
       const bulk = { lazyPagesGBs: median(oursB), floorGBs: floor ? median(floorB) : undefined };
       results.bulk = bulk;
       say('');
-      say(`background drain of ${(o.bulkSize / 2 ** 30).toFixed(2)} GiB (median of ${bulkRuns} runs): lazy-pages ${bulk.lazyPagesGBs.toFixed(2)} GB/s` +
+      say(`background drain of ${(o.bulkSize / 2 ** 30).toFixed(2)} GiB, floor over the same size (median of ${bulkRuns} runs): lazy-pages ${bulk.lazyPagesGBs.toFixed(2)} GB/s` +
         (bulk.floorGBs ? `, floor ${bulk.floorGBs.toFixed(2)} GB/s, ratio ${(bulk.lazyPagesGBs / bulk.floorGBs).toFixed(2)}× (target ≥ 0.8×: ${bulk.lazyPagesGBs / bulk.floorGBs >= 0.8 ? 'met' : 'MISSED'})` : ''));
     }
     if (o.remote) results.remote = await benchRemoteRestore(o, work, latency.lazyPages.p50, say);
   } finally {
     rmSync(work, { recursive: true, force: true });
+    floor?.cleanup();
   }
   if (o.json) {
     writeFileSync(o.json, `${JSON.stringify(results, null, 2)}\n`);
