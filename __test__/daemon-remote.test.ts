@@ -19,7 +19,7 @@ test('loopback: faults fetched urgently, the rest streamed, every byte verified'
   const ck = await synth(t, { size: 8 * MiB, vmas: 2, procs: 2 });
   const srv = await startPageServer({ imagesDir: ck.dir, port: 0 });
   t.teardown(() => srv.close());
-  const r = await restore(t, ck, ['--workload', 'touch-random', '--count', '64', '--then-verify-all'], {
+  const r = await restore(t, ck, ['--workload', 'touch-random', '--count', '64', '--then-verify-all', '--settle-ms', '1500'], {
     daemon: { pageServer: { address: srv.address, port: srv.port } },
   });
   t.is(r.sim.code, 0, simFailure(r));

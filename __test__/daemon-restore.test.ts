@@ -26,7 +26,9 @@ test('touch-all in random order, background off: every page served on demand and
 
 test('background transfer finishes what the process did not touch, holes read zeros', async (t) => {
   const ck = await synth(t, { size: 8 * MiB, vmas: 3, holes: 0.1 });
-  const r = await restore(t, ck, ['--workload', 'touch-random', '--count', '64', '--then-verify-all']);
+  // The pause between the touches and the full read lets the background transfer install the rest
+  // first; the full read then checks what it installed (and that holes read zeros).
+  const r = await restore(t, ck, ['--workload', 'touch-random', '--count', '64', '--then-verify-all', '--settle-ms', '1500']);
   t.is(r.sim.code, 0, simFailure(r));
   const p = r.summary!.processes[0];
   t.true(p.backgroundPages > 0, JSON.stringify(p));

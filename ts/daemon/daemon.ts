@@ -9,7 +9,7 @@
  * when every process has all its pages; it never closes a uffd while its process is still owed data
  * (such a process is SIGKILLed first, and the reason is reported).
  */
-import { accessSync, constants as fsConstants, readdirSync, readFileSync, statSync } from 'node:fs';
+import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 import { UserError } from '../errors.js';
@@ -18,8 +18,9 @@ import { EventLoop, HandoverListener, PageImage, type HandoverEvent, type Native
 import type { TlsFiles } from '../pageserver/tls.js';
 import { RemotePageSource } from '../pagesource/remote.js';
 import type { DaemonEvent, DaemonSummary, ProcessReport } from './events.js';
-import { descendsFrom, ownsLazyVmas, youngerThanUs } from './identity.js';
+import { descendsFrom, findNewChild, killQuietly, ownsLazyVmas, youngerThanUs } from './identity.js';
 import { ProcessState } from './process-state.js';
+import { TsRemote } from './ts-remote.js';
 
 const PAGE = BigInt(PAGE_SIZE);
 export const SOCKET_NAME = 'lazy-pages.socket';
@@ -66,7 +67,7 @@ export interface LazyPagesDaemon {
   close(reason?: string): Promise<void>;
 }
 
-interface Request {
+export interface Request {
   st: ProcessState;
   firstPage: number;
   pages: number;
@@ -160,14 +161,14 @@ class Daemon implements LazyPagesDaemon {
   private readonly remoteDepth: number;
   /** Remote pages are fetched by the native page-server client. */
   private nativeRemote = false;
-  /** Remote background fetches on the wire, per process. */
-  private readonly fetching = new Map<ProcessState, number>();
+  /** The TypeScript page-server client path (TLS). */
+  private readonly tsRemote?: TsRemote;
 
   constructor(
     private readonly checkpoint: Checkpoint,
     private readonly workDir: string,
     opts: DaemonOptions,
-    private readonly source?: RemotePageSource,
+    source?: RemotePageSource,
   ) {
     this.remoteDepth = Math.max(1, opts.remoteDepth ?? 8);
     this.socketPath = join(workDir, SOCKET_NAME);
@@ -182,6 +183,13 @@ class Daemon implements LazyPagesDaemon {
     // An embedder that only awaits `done` later must not see an unhandled rejection meanwhile.
     this.done.catch(() => undefined);
     this.loop = new EventLoop((batch) => this.guard(() => this.onNative(batch)));
+    if (source) {
+      this.tsRemote = new TsRemote(source, this.loop, {
+        submit: (req) => this.submit(req),
+        guard: (fn) => this.guard(fn),
+        pump: () => this.pump(),
+      });
+    }
     this.loop.setPieceBytes(opts.pieceBytes ?? 128 << 10);
   }
 
@@ -280,7 +288,7 @@ class Daemon implements LazyPagesDaemon {
           });
         }
         const procId = this.loop.addProcess(ev.uffd, ours ? ev.pid : 0);
-        const st = ProcessState.attach(procId, image, { remote: this.source !== undefined });
+        const st = ProcessState.attach(procId, image, { remote: this.tsRemote !== undefined || this.nativeRemote });
         this.states.set(procId, st);
         if (ours) this.killPid.set(procId, ev.pid);
         this.install(st);
@@ -380,7 +388,7 @@ class Daemon implements LazyPagesDaemon {
         }
         case 'pagefault':
           // Only faults in remote ranges are forwarded: fetch the page urgently.
-          this.remoteFault(st, ev.address);
+          this.tsRemote?.fault(st, ev.address);
           break;
         case 'fork': {
           const child = st.fork(ev.childProcId);
@@ -479,69 +487,11 @@ class Daemon implements LazyPagesDaemon {
 
   // ---------------------------------------------------------------- remote pages
 
-  /** A fault in a remote range: fetch its page ahead of any background data, then copy it in. */
-  private remoteFault(st: ProcessState, address: bigint): void {
-    const live = address - (address % PAGE);
-    const seg = st.live.find(live);
-    const source = this.source;
-    const image = seg ? seg.imageStart + (live - seg.liveStart) : -1n;
-    const page = seg ? st.index.pageOf(image) : -1;
-    if (!source || page < 0 || !st.pages.isLeft(page)) {
-      // Not ours to fill (the table said remote, but the state has moved on): the thread faults again.
-      this.loop.wake(st.procId, live, PAGE);
-      return;
-    }
-    // Another thread already faulted here: the copy for the first fault wakes every waiter.
-    if (st.faulting.has(page)) return;
-    st.faulting.add(page);
-    st.noteFault(live);
-    st.inflightRequests++; // the fetch
-    source.fetch(st.pid, image, 1, true).then(
-      (buf) =>
-        this.guard(() => {
-          st.inflightRequests--;
-          st.faulting.delete(page);
-          if (st.status !== 'serving') return;
-          const reqId = this.nextReq++;
-          this.requests.set(reqId, { st, firstPage: page, pages: 1, urgent: { live } });
-          st.inflightRequests++;
-          // The live address may have moved while the page was on the wire: the native core refuses a
-          // stale gen, and then the thread is woken to fault again at the page's new place.
-          this.loop.copyBuffer(st.procId, reqId, st.gen, buf, live, true);
-        }),
-      () => undefined, // the source failed: sourceFailed() ends everything
-    );
-  }
-
-  /** A background chunk of a remote range: fetch it, then copy it to wherever it lives when it arrives. */
-  private remoteBackground(st: ProcessState, firstPage: number, pages: number, image: bigint): void {
-    this.source!.fetch(st.pid, image, pages, false).then(
-      (buf) =>
-        this.guard(() => {
-          st.inflightRequests--;
-          if (st.status !== 'serving') return;
-          const end = image + BigInt(pages) * PAGE;
-          const covered = new Uint8Array(pages);
-          for (const seg of st.live.segments) {
-            const segEnd = seg.imageStart + (seg.liveEnd - seg.liveStart);
-            const a = seg.imageStart > image ? seg.imageStart : image;
-            const b = segEnd < end ? segEnd : end;
-            if (a >= b) continue;
-            const k = Number((a - image) / PAGE);
-            const n = Number((b - a) / PAGE);
-            covered.fill(1, k, k + n);
-            const reqId = this.nextReq++;
-            this.requests.set(reqId, { st, firstPage: firstPage + k, pages: n });
-            st.inflightRequests++;
-            const live = seg.liveStart + (a - seg.imageStart);
-            this.loop.copyBuffer(st.procId, reqId, st.gen, buf.subarray(k * PAGE_SIZE, (k + n) * PAGE_SIZE), live, false);
-          }
-          // Pages no segment holds any more were unmapped meanwhile (and settled then): just land them.
-          for (let k = 0; k < pages; k++) if (!covered[k]) st.pages.land(firstPage + k, 1);
-          this.pump();
-        }),
-      () => undefined, // the source failed: sourceFailed() ends everything
-    );
+  /** Record a request to the native core; its `done` event settles it. */
+  private submit(req: Request): number {
+    const reqId = this.nextReq++;
+    this.requests.set(reqId, req);
+    return reqId;
   }
 
   private progress(st: ProcessState): void {
@@ -565,7 +515,7 @@ class Daemon implements LazyPagesDaemon {
       for (const st of this.states.values()) {
         if (st.status !== 'serving') continue;
         if (this.background) {
-          const remote = this.source !== undefined || this.nativeRemote;
+          const remote = this.tsRemote !== undefined || this.nativeRemote;
           while (st.inflightRequests < (remote ? this.remoteDepth : this.queueDepth)) {
             const c = st.nextChunk(remote ? Math.min(this.chunkPages, 256) : this.chunkPages);
             if (!c) break;
@@ -573,16 +523,14 @@ class Daemon implements LazyPagesDaemon {
             st.pages.fly(c.firstPage, c.pages);
             st.inflightRequests++;
             if (r.location.kind === 'file') {
-              const reqId = this.nextReq++;
-              this.requests.set(reqId, { st, firstPage: c.firstPage, pages: c.pages });
+              const reqId = this.submit({ st, firstPage: c.firstPage, pages: c.pages });
               const fileOffset = r.location.offset + (c.image - r.start);
               this.loop.copy(st.procId, reqId, st.gen, this.imageId(r.location.file), fileOffset, c.live, BigInt(c.pages) * PAGE, false);
             } else if (this.nativeRemote) {
-              const reqId = this.nextReq++;
-              this.requests.set(reqId, { st, firstPage: c.firstPage, pages: c.pages });
+              const reqId = this.submit({ st, firstPage: c.firstPage, pages: c.pages });
               this.loop.fetch(st.procId, reqId, st.gen, st.pid, c.image, c.pages, c.live);
             } else {
-              this.remoteBackground(st, c.firstPage, c.pages, c.image);
+              this.tsRemote!.background(st, c.firstPage, c.pages, c.image);
             }
           }
         }
@@ -661,39 +609,10 @@ class Daemon implements LazyPagesDaemon {
   }
 
   private teardown(): void {
-    void this.source?.close().catch(() => undefined);
+    this.tsRemote?.close();
     this.listener?.close();
     this.listener = undefined;
     this.loop.close();
     for (const img of this.pageImages) img.close();
   }
-}
-
-/** SIGKILL a pid; false when there is no such process. */
-function killQuietly(pid: number): boolean {
-  try {
-    process.kill(pid, 'SIGKILL');
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * The pid of the child a process just forked. The kernel's FORK message carries only the child's
- * uffd, but the parent is still blocked in fork() until we read it, so its newest unknown child in
- * /proc/<pid>/task/<tid>/children is the one. Used only to be able to kill that child later.
- */
-function findNewChild(parentPid: number | undefined, known: Set<number>): number | undefined {
-  if (parentPid === undefined) return undefined;
-  const found: number[] = [];
-  try {
-    for (const tid of readdirSync(`/proc/${parentPid}/task`)) {
-      const text = readFileSync(`/proc/${parentPid}/task/${tid}/children`, 'utf8');
-      for (const w of text.split(/\s+/)) if (w && !known.has(Number(w))) found.push(Number(w));
-    }
-  } catch {
-    return undefined;
-  }
-  return found.length === 1 ? found[0] : undefined;
 }

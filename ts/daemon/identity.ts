@@ -7,7 +7,7 @@
  * to, so a pid is trusted only if that process has the task's lazy VMAs at their addresses, still
  * registered with a userfaultfd for missing pages (`um` in /proc/PID/smaps' VmFlags).
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 import type { ProcessImage } from '../images/index.js';
 
@@ -79,4 +79,33 @@ export function descendsFrom(pid: number, ancestor: number): boolean {
     if (p === ancestor) return true;
   }
   return false;
+}
+
+/** SIGKILL a pid; false when there is no such process. */
+export function killQuietly(pid: number): boolean {
+  try {
+    process.kill(pid, 'SIGKILL');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The pid of the child a process just forked. The kernel's FORK message carries only the child's
+ * uffd, but the parent is still blocked in fork() until we read it, so its newest unknown child in
+ * /proc/<pid>/task/<tid>/children is the one. Used only to be able to kill that child later.
+ */
+export function findNewChild(parentPid: number | undefined, known: Set<number>): number | undefined {
+  if (parentPid === undefined) return undefined;
+  const found: number[] = [];
+  try {
+    for (const tid of readdirSync(`/proc/${parentPid}/task`)) {
+      const text = readFileSync(`/proc/${parentPid}/task/${tid}/children`, 'utf8');
+      for (const w of text.split(/\s+/)) if (w && !known.has(Number(w))) found.push(Number(w));
+    }
+  } catch {
+    return undefined;
+  }
+  return found.length === 1 ? found[0] : undefined;
 }

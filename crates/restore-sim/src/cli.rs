@@ -35,6 +35,9 @@ pub struct Opts {
     pub workload: Workload,
     pub count: Option<u64>,
     pub then_verify_all: bool,
+    /// With --then-verify-all: wait this long between the touches and the full verification, so the
+    /// daemon's background transfer can install the rest first (then verification reads it).
+    pub settle_ms: u64,
     pub procs_only: Option<Vec<i32>>,
     pub report: Option<PathBuf>,
     pub latencies: Option<PathBuf>,
@@ -47,7 +50,7 @@ pub struct Opts {
 
 pub const USAGE: &str = "usage: restore-sim --layout FILE [--workload touch-all|touch-random|verify-all|uffd-events|fork-storm|exit-after|hold]
   [--order shuffle|pstree|reverse] (hand-over order)  [--order seq|rand] (touch order)  [--seed N]
-  [--count N] [--then-verify-all] [--procs-only PID,...] [--any-pid] [--report FILE] [--latencies FILE]
+  [--count N] [--then-verify-all] [--settle-ms MS] [--procs-only PID,...] [--any-pid] [--report FILE] [--latencies FILE]
   [--timeout SECS] [--handover-only] [--no-finish] [--send-garbage] [--send-bad-fd]";
 
 pub fn parse(args: &[String]) -> Result<Opts, String> {
@@ -60,6 +63,7 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
         workload: Workload::TouchAll,
         count: None,
         then_verify_all: false,
+        settle_ms: 0,
         procs_only: None,
         report: None,
         latencies: None,
@@ -115,6 +119,7 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
             }
             "--count" => o.count = Some(num(name, &value(&mut i)?)?),
             "--then-verify-all" => o.then_verify_all = true,
+            "--settle-ms" => o.settle_ms = num(name, &value(&mut i)?)?,
             "--procs-only" => {
                 let v = value(&mut i)?;
                 let mut pids = Vec::new();

@@ -67,6 +67,7 @@ pub fn run(w: Workload, p: &Proc, opts: &Opts, chk: &mut Checker, out: &mut Outc
             let pages = random_subset(lazy_pages(p), count, &mut rng);
             touch_then_verify(&pages, chk, out)?;
             if opts.then_verify_all {
+                std::thread::sleep(std::time::Duration::from_millis(opts.settle_ms));
                 verify_all(p, chk, out)?;
             }
             Ok(())
