@@ -68,7 +68,7 @@ async function runDemo(o: z.infer<typeof schema>): Promise<void> {
     say('4. result');
     for (const p of res.report?.processes ?? []) {
       const lat = p.latencyNs ? `, first-touch p50 ${(p.latencyNs.p50 / 1000).toFixed(1)} µs p99 ${(p.latencyNs.p99 / 1000).toFixed(1)} µs` : '';
-      say(`   restored pid ${p.pid}: ${p.ok ? 'every byte verified' : 'WRONG DATA'} (${p.verifiedPages ?? 0} pages)${lat}`);
+      say(`   restored pid ${p.pid}: ${p.ok ? 'every byte verified' : 'WRONG DATA'} (${p.verifiedPages ?? 0} page checks: the touched pages, then all of them)${lat}`);
     }
     say(`   daemon: ${summary.processes.length} processes done in ${summary.elapsedMs.toFixed(0)} ms (per process above)`);
     if (res.code !== 0 || !res.report?.ok) {
