@@ -3,13 +3,14 @@
  * Every process already handed over is SIGKILLed before its uffd is closed.
  */
 import test from 'ava';
-import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, existsSync, lstatSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
 
 import { startLazyPagesDaemon } from '../ts/daemon/daemon.js';
 import { UserError } from '../ts/errors.js';
-import { restore, simFailure, synth, tempDir } from './helpers/e2e.js';
+import { fixturesDir, restore, simFailure, synth, tempDir } from './helpers/e2e.js';
 
 const MiB = 1 << 20;
 
@@ -90,15 +91,24 @@ test('a second restorer connecting is refused and the first one goes on', async 
   t.is(r.sim.code, 0, simFailure(r));
 });
 
-test('a stale socket file is replaced', async (t) => {
+test('a stale socket file (left by a crashed daemon) is replaced', async (t) => {
   const ck = await synth(t, { size: 1 * MiB });
   const wd = tempDir(t);
-  // A socket left by a crashed daemon: bind one and leave it behind.
-  const first = await startLazyPagesDaemon({ imagesDir: ck.dir, workDir: wd });
-  await first.close('simulated crash').catch(() => undefined);
-  const second = await startLazyPagesDaemon({ imagesDir: ck.dir, workDir: wd });
-  t.teardown(() => second.close());
-  t.is(second.socketPath, join(wd, 'lazy-pages.socket'));
+  const path = join(wd, 'lazy-pages.socket');
+  // A socket bound by a process that died without unlinking it: the file stays, nobody listens.
+  execFileSync('python3', ['-c', 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])', path]);
+  t.true(lstatSync(path).isSocket());
+  const d = await startLazyPagesDaemon({ imagesDir: ck.dir, workDir: wd });
+  t.teardown(() => d.close());
+  t.is(d.socketPath, path);
+  t.true(lstatSync(path).isSocket());
+});
+
+test('a work dir holding a non-socket lazy-pages.socket is not clobbered', async (t) => {
+  const ck = await synth(t, { size: 1 * MiB });
+  const wd = tempDir(t);
+  writeFileSync(join(wd, 'lazy-pages.socket'), 'precious');
+  await t.throwsAsync(startLazyPagesDaemon({ imagesDir: ck.dir, workDir: wd }), { message: /not a socket/ });
 });
 
 test('a work dir that does not exist or is not a directory: clear error', async (t) => {
@@ -115,3 +125,20 @@ test('a work dir that does not exist or is not a directory: clear error', async 
     await t.throwsAsync(startLazyPagesDaemon({ imagesDir: ck.dir, workDir: ro }), { message: /not writable/ });
   }
 });
+
+test('a second daemon on a work dir whose socket is live is refused; the first keeps listening', async (t) => {
+  const ck = await synth(t, { size: 1 * MiB });
+  const wd = tempDir(t);
+  const first = await startLazyPagesDaemon({ imagesDir: ck.dir, workDir: wd });
+  t.teardown(() => first.close());
+  await t.throwsAsync(startLazyPagesDaemon({ imagesDir: ck.dir, workDir: wd }), { message: /another lazy-pages daemon is listening/ });
+  t.true(existsSync(first.socketPath));
+});
+
+test('images dumped with --lazy-pages need a page server: the real CRIU fixture says so', async (t) => {
+  const dir = join(fixturesDir, 'lazy-remote');
+  await t.throwsAsync(startLazyPagesDaemon({ imagesDir: dir, workDir: tempDir(t) }), {
+    message: /dumped with --lazy-pages.*--page-server --address A --port P/,
+  });
+});
+

@@ -18,7 +18,7 @@ import { EventLoop, HandoverListener, PageImage, type HandoverEvent, type Native
 import type { TlsFiles } from '../pageserver/tls.js';
 import { RemotePageSource } from '../pagesource/remote.js';
 import type { DaemonEvent, DaemonSummary, ProcessReport } from './events.js';
-import { descendsFrom, findNewChild, killQuietly, ownsLazyVmas, youngerThanUs } from './identity.js';
+import { descendsFrom, findNewChild, killQuietly, ownsLazyVmas, someoneListensOn, youngerThanUs } from './identity.js';
 import { ProcessState } from './process-state.js';
 import { TsRemote } from './ts-remote.js';
 
@@ -81,6 +81,11 @@ export async function startLazyPagesDaemon(opts: DaemonOptions): Promise<LazyPag
   const workDir = resolve(opts.workDir ?? imagesDir);
   checkDir(imagesDir, 'images dir', false);
   checkDir(workDir, 'work dir', true);
+  const socket = join(workDir, SOCKET_NAME);
+  if (someoneListensOn(socket)) {
+    // A stale socket file is replaced; a live one belongs to another daemon serving a restore now.
+    throw new UserError('EBUSY', `${socket}: another lazy-pages daemon is listening there; use another work dir (-W)`);
+  }
   const checkpoint = await Checkpoint.open(imagesDir);
   const remote = checkpoint.processes.filter((p) => p.lazyRanges.some((r) => r.location.kind === 'remote'));
   if (remote.length > 0 && !opts.pageServer) {
@@ -194,7 +199,14 @@ class Daemon implements LazyPagesDaemon {
   }
 
   start(): void {
-    this.listener = HandoverListener.listen(this.workDir, (ev) => this.guard(() => this.onHandover(ev)));
+    try {
+      this.listener = HandoverListener.listen(this.workDir, (ev) => this.guard(() => this.onHandover(ev)));
+    } catch (e) {
+      // Nothing was handed over yet: just release the native loop (it would keep Node alive).
+      this.ended = true;
+      this.teardown();
+      throw e;
+    }
     this.emit({ type: 'listening', socket: this.socketPath });
   }
 

@@ -109,3 +109,23 @@ export function findNewChild(parentPid: number | undefined, known: Set<number>):
   }
   return found.length === 1 ? found[0] : undefined;
 }
+
+/**
+ * Is a live socket listening at `path`? Read from /proc/net/unix (the listening flag is
+ * __SO_ACCEPTCON, 0x10000) rather than by connecting: a connection would look like a restorer to
+ * the daemon that owns it (CRIU's would then fail its restore).
+ */
+export function someoneListensOn(path: string): boolean {
+  let table: string;
+  try {
+    table = readFileSync('/proc/net/unix', 'utf8');
+  } catch {
+    return false;
+  }
+  for (const line of table.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length >= 8 && f.slice(7).join(' ') === path && (parseInt(f[3], 16) & 0x10000) !== 0) return true;
+  }
+  return false;
+}
+
