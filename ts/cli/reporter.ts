@@ -5,7 +5,7 @@
 import type { DaemonEvent, ProcessReport } from '../daemon/events.js';
 
 export interface ReporterOptions {
-  /** 0 = errors only, 1 = warnings, 2 = summary (default), 3 = per-process lines, 4 = everything. */
+  /** 0 = errors only, 1 = warnings, 2 = per-process results and the summary (default), 3 = + hand-over and progress lines, 4 = everything. */
   verbosity: number;
   write: (line: string) => void;
   /** Redraw progress in place (stderr is a terminal and no log file is used). */
@@ -57,7 +57,7 @@ export class Reporter {
         return this.onProgress(e);
       case 'process-done':
         this.progress.delete(e.report.pid);
-        return this.line(3, `lazy-pages: ${describeReport(e.report)}`);
+        return this.line(2, `lazy-pages: ${describeReport(e.report)}`);
       case 'process-lost':
         return this.line(0, `lazy-pages: pid ${e.pid} lost: ${e.reason}${e.killed ? ' (killed with SIGKILL)' : ''}`);
       case 'warning':
