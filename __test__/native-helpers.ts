@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ExecutionContext } from 'ava';
+import { EventLoop, HandoverListener, type HandoverEvent, type NativeEvent } from '../ts/native/index.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const PAGE = 4096;
@@ -130,3 +131,23 @@ export class Collector<E> {
     });
   }
 }
+
+/**
+ * A C peer with `pages` registered pages at `base`, handed over through the real socket (as CRIU
+ * does), and a fresh event loop that owns its uffd and collects every event. All closed in teardown.
+ */
+export async function handedOverPeer(t: ExecutionContext, base: bigint, pages: number) {
+  const dir = tempDir(t);
+  const hs = new Collector<HandoverEvent>();
+  const listener = HandoverListener.listen(dir, hs.push);
+  t.teardown(() => listener.close());
+  const peer = new Peer(t, [listener.path, base.toString(16), String(pages)]);
+  const task = await hs.waitFor((e): e is Extract<HandoverEvent, { type: 'task' }> => e.type === 'task');
+  await peer.next();
+  const events = new Collector<NativeEvent>();
+  const loop = new EventLoop((batch) => batch.forEach(events.push));
+  t.teardown(() => loop.close());
+  const procId = loop.addProcess(task.uffd, task.pid);
+  return { dir, peer, task, loop, events, procId };
+}
+

@@ -3,8 +3,8 @@
 import test, { type ExecutionContext } from 'ava';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { EventLoop, HandoverListener, NativeError, PageImage, type HandoverEvent, type NativeEvent } from '../ts/native/index.js';
-import { Collector, PAGE, Peer, fnv, patternImage, tempDir } from './native-helpers.js';
+import { NativeError, PageImage, type NativeEvent } from '../ts/native/index.js';
+import { PAGE, fnv, handedOverPeer, patternImage } from './native-helpers.js';
 
 const P = BigInt(PAGE);
 type Ev<K extends NativeEvent['type']> = Extract<NativeEvent, { type: K }>;
@@ -19,22 +19,12 @@ let nextBase = 0x5b0000000000n;
 async function setup(t: ExecutionContext, pages = 8) {
   const base = nextBase;
   nextBase += 0x10000000n;
-  const dir = tempDir(t);
-  const hs = new Collector<HandoverEvent>();
-  const listener = HandoverListener.listen(dir, hs.push);
-  t.teardown(() => listener.close());
-  const peer = new Peer(t, [listener.path, base.toString(16), String(pages)]);
-  const task = await hs.waitFor((e): e is Extract<HandoverEvent, { type: 'task' }> => e.type === 'task');
-  await peer.next();
+  const { dir, peer, task, loop, events, procId } = await handedOverPeer(t, base, pages);
   const data = patternImage(8);
   const path = join(dir, 'pages-1.img');
   writeFileSync(path, data);
-  const events = new Collector<NativeEvent>();
-  const loop = new EventLoop((batch) => batch.forEach(events.push));
-  t.teardown(() => loop.close());
   const img = PageImage.open(path);
   const imageId = loop.addImage(img);
-  const procId = loop.addProcess(task.uffd, task.pid);
   t.is(task.uffd.fd, -1, 'the loop owns the fd');
   return { base, peer, loop, events, imageId, procId, data, path };
 }

@@ -6,8 +6,8 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { writeSyntheticCheckpoint, fillPatternPage } from '../ts/images/index.js';
 import { startPageServer, type PageServerOptions } from '../ts/pageserver/index.js';
-import { EventLoop, HandoverListener, NativeError, type HandoverEvent, type NativeEvent } from '../ts/native/index.js';
-import { Collector, PAGE, Peer, fnv, tempDir } from './native-helpers.js';
+import { NativeError, type NativeEvent } from '../ts/native/index.js';
+import { PAGE, fnv, handedOverPeer } from './native-helpers.js';
 
 const P = BigInt(PAGE);
 /** Where writeSyntheticCheckpoint puts the first VMA. */
@@ -32,17 +32,7 @@ let nextBase = 0x5c0000000000n;
 async function peerAndLoop(t: ExecutionContext, pages = 8) {
   const base = nextBase;
   nextBase += 0x100000000n;
-  const dir = tempDir(t);
-  const hs = new Collector<HandoverEvent>();
-  const listener = HandoverListener.listen(dir, hs.push);
-  t.teardown(() => listener.close());
-  const peer = new Peer(t, [listener.path, base.toString(16), String(pages)]);
-  const task = await hs.waitFor((e): e is Extract<HandoverEvent, { type: 'task' }> => e.type === 'task');
-  await peer.next();
-  const events = new Collector<NativeEvent>();
-  const loop = new EventLoop((batch) => batch.forEach(events.push));
-  t.teardown(() => loop.close());
-  const procId = loop.addProcess(task.uffd, task.pid);
+  const { dir, peer, loop, events, procId } = await handedOverPeer(t, base, pages);
   return { base, peer, loop, events, procId, dir };
 }
 
