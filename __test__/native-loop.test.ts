@@ -146,3 +146,38 @@ test('a killed peer is reported (exit) without a crash, and later requests compl
   await new Promise((r) => setTimeout(r, 50));
   t.is(t.throws(() => loop.stats(procId), { instanceOf: NativeError })?.code, 'ENOID');
 });
+
+test('regression: a table that predates a layout event already read does not resume the process (moved map read zeros)', async (t) => {
+  const { base, peer, loop, events, imageId, procId, data } = await setup(t);
+  const table = (moved: [bigint, bigint][]) => [
+    { liveStart: base, liveEnd: base + 2n * P, imageStart: base, kind: 'file' as const, imageId, fileOffset: 0 },
+    ...moved.map(([live, img]) => ({ liveStart: live, liveEnd: live + 2n * P, imageStart: img, kind: 'file' as const, imageId, fileOffset: Number(img - base) })),
+  ].sort((a, b) => (a.liveStart < b.liveStart ? -1 : 1));
+  loop.installTable(procId, 1, table([[base + 2n * P, base + 2n * P], [base + 4n * P, base + 4n * P]]), 0);
+  const to1 = base + 0x1000000n;
+  const to2 = base + 0x2000000n;
+  // Two moves, read by the loop before TS has applied the second one.
+  t.is(await peer.cmd(`remap 2 2 ${to1.toString(16)}`), 'ok');
+  await events.waitFor((e): e is Ev<'remap'> => is('remap', procId)(e) && e.to === to1);
+  t.is(await peer.cmd(`remap 4 2 ${to2.toString(16)}`), 'ok');
+  await events.waitFor((e): e is Ev<'remap'> => is('remap', procId)(e) && e.to === to2);
+  // (the kernel may also report each move's old range as an UNMAP: count every layout event read)
+  await new Promise((r) => setTimeout(r, 100));
+  const read = events.all.filter((e) => e.type !== 'served' && e.type !== 'done' && 'procId' in e && e.procId === procId).length;
+  t.true(read >= 2);
+  const settled = async () => {
+    // installTable is a command to the loop thread: wait until it has been processed (gen is set).
+    for (let i = 0; i < 100 && loop.stats(procId).gen !== lastGen; i++) await new Promise((r) => setTimeout(r, 5));
+  };
+  let lastGen = 2;
+  // A table for the first move only (fewer events applied than read): the process must stay paused.
+  loop.installTable(procId, 2, table([[to1, base + 2n * P], [base + 4n * P, base + 4n * P]]), read - 1);
+  await settled();
+  t.true(loop.stats(procId).paused, 'a table older than an event already read must not resume the process');
+  // The table that reflects every event read resumes it, and the moved map reads its data.
+  lastGen = 3;
+  loop.installTable(procId, 3, table([[to1, base + 2n * P], [to2, base + 4n * P]]), read);
+  await settled();
+  t.false(loop.stats(procId).paused);
+  t.is(await peer.cmd(`sumat ${to2.toString(16)}`), `sumat ${fnv(data.subarray(4 * PAGE, 5 * PAGE))}`);
+});

@@ -18,7 +18,7 @@ import { EventLoop, HandoverListener, PageImage, type HandoverEvent, type Native
 import type { TlsFiles } from '../pageserver/tls.js';
 import { RemotePageSource } from '../pagesource/remote.js';
 import type { DaemonEvent, DaemonSummary, ProcessReport } from './events.js';
-import { descendsFrom, findNewChild, killQuietly, ownsLazyVmas, someoneListensOn, youngerThanUs } from './identity.js';
+import { descendsFrom, findNewChild, killQuietly, ownsLazyVmas, someoneListensOn, startTicks, youngerThanUs } from './identity.js';
 import { ProcessState } from './process-state.js';
 import { TsRemote } from './ts-remote.js';
 
@@ -145,8 +145,11 @@ class Daemon implements LazyPagesDaemon {
   private readonly loop: EventLoop;
   private listener?: HandoverListener;
   private readonly states = new Map<number, ProcessState>();
-  /** Real pid to kill for each native procId (image pid, or the pid found for a forked child). */
-  private readonly killPid = new Map<number, number>();
+  /**
+   * Real pid to kill for each native procId (image pid, or the pid found for a forked child), with
+   * its start time: a pid reused by another process since is never killed.
+   */
+  private readonly killPid = new Map<number, { pid: number; start: number | undefined }>();
   private readonly reports: ProcessReport[] = [];
   private readonly images = new Map<string, number>();
   private readonly pageImages: PageImage[] = [];
@@ -200,7 +203,15 @@ class Daemon implements LazyPagesDaemon {
 
   start(): void {
     try {
-      this.listener = HandoverListener.listen(this.workDir, (ev) => this.guard(() => this.onHandover(ev)));
+      this.listener = HandoverListener.listen(this.workDir, (ev) => {
+        if (this.ended && ev.type === 'task') {
+          // Still queued when the daemon ended: it must not run on zeros either.
+          ev.uffd.close();
+          this.killTask(ev.pid, 'the daemon had already stopped');
+          return;
+        }
+        this.guard(() => this.onHandover(ev));
+      });
     } catch (e) {
       // Nothing was handed over yet: just release the native loop (it would keep Node alive).
       this.ended = true;
@@ -302,7 +313,7 @@ class Daemon implements LazyPagesDaemon {
         const procId = this.loop.addProcess(ev.uffd, ours ? ev.pid : 0);
         const st = ProcessState.attach(procId, image, { remote: this.tsRemote !== undefined || this.nativeRemote });
         this.states.set(procId, st);
-        if (ours) this.killPid.set(procId, ev.pid);
+        if (ours) this.killPid.set(procId, { pid: ev.pid, start: startTicks(ev.pid) });
         this.install(st);
         this.emit({ type: 'attached', pid: ev.pid, lazyPages: st.index.totalPages });
         return;
@@ -378,7 +389,8 @@ class Daemon implements LazyPagesDaemon {
       }
       const st = this.states.get(ev.procId!);
       if (!st || st.status !== 'serving') {
-        if (ev.type === 'fork') this.adoptOrphanFork(ev.childProcId);
+        if (ev.type === 'fork') this.orphanFork(st, ev.childProcId);
+        if (ev.type === 'done') this.requests.delete(ev.reqId);
         continue;
       }
       switch (ev.type) {
@@ -403,27 +415,31 @@ class Daemon implements LazyPagesDaemon {
           this.tsRemote?.fault(st, ev.address);
           break;
         case 'fork': {
+          st.eventsApplied++;
           const child = st.fork(ev.childProcId);
           this.states.set(ev.childProcId, child);
-          const found = findNewChild(this.killPid.get(st.procId), new Set(this.killPid.values()));
+          const found = findNewChild(this.killPid.get(st.procId)?.pid, new Set([...this.killPid.values()].map((k) => k.pid)));
           const childPid = found !== undefined && ownsLazyVmas(found, st.image) ? found : undefined;
-          if (childPid !== undefined) this.killPid.set(ev.childProcId, childPid);
+          if (childPid !== undefined) this.killPid.set(ev.childProcId, { pid: childPid, start: startTicks(childPid) });
           dirty.add(st);
           dirty.add(child);
           this.emit({ type: 'fork', pid: st.pid, childPid });
           break;
         }
         case 'remap':
+          st.eventsApplied++;
           st.applyRemap(ev.from, ev.to, ev.len);
           dirty.add(st);
           break;
         case 'remove':
+          st.eventsApplied++;
           // CRIU unregisters the range so later reads get zeros from the kernel, then drops it.
           this.loop.unregister(st.procId, ev.start, ev.end - ev.start);
           st.applyDrop(ev.start, ev.end);
           dirty.add(st);
           break;
         case 'unmap':
+          st.eventsApplied++;
           st.applyDrop(ev.start, ev.end);
           dirty.add(st);
           break;
@@ -444,14 +460,23 @@ class Daemon implements LazyPagesDaemon {
     this.pump();
   }
 
-  /** A process we stopped serving forked before we noticed: its child has no state, so drop its uffd. */
-  private adoptOrphanFork(childProcId: number): void {
+  /**
+   * A process we stopped serving forked before we noticed. If it was lost (still owed data), the
+   * child is owed the same: kill it too before its uffd closes, when we can tell which it is.
+   */
+  private orphanFork(parent: ProcessState | undefined, childProcId: number): void {
+    if (parent?.status === 'lost') {
+      const parentPid = this.killPid.get(parent.procId)?.pid;
+      const found = findNewChild(parentPid, new Set([...this.killPid.values()].map((k) => k.pid)));
+      const killed = found !== undefined && ownsLazyVmas(found, parent.image) && killQuietly(found);
+      this.emit({ type: 'process-lost', pid: parent.pid, reason: 'its parent could not be served', killed });
+    }
     this.loop.removeProcess(childProcId);
   }
 
   private install(st: ProcessState): void {
     st.gen++;
-    this.loop.installTable(st.procId, st.gen, st.table((f) => this.imageId(f)));
+    this.loop.installTable(st.procId, st.gen, st.table((f) => this.imageId(f)), st.eventsApplied);
   }
 
   private completed(st: ProcessState, ev: Extract<NativeEvent, { type: 'done' }>): void {
@@ -477,6 +502,12 @@ class Daemon implements LazyPagesDaemon {
         // are skipped as present next time.
         st.pages.land(req.firstPage, req.pages);
         st.counters.retries++;
+        if (ev.status === 'noent' && req.pages > 1) {
+          // A VMA may have been split under the chunk without any uffd event (mprotect, mlock,
+          // madvise(MADV_NOHUGEPAGE)…), and one UFFDIO_COPY cannot cross VMAs: go page by page.
+          st.narrow(req.firstPage, req.pages);
+          break;
+        }
         if (ev.status === 'noent' && st.noteNoent(req.firstPage) > 8) {
           // The same pages keep failing with no layout change in between: the range is not registered
           // with the uffd, so the process would never fault on it and read zeros there. Do not let it.
@@ -576,6 +607,7 @@ class Daemon implements LazyPagesDaemon {
 
   private processDone(st: ProcessState, outcome: 'done' | 'exited'): void {
     st.status = 'done';
+    this.killPid.delete(st.procId);
     // Nothing is owed any more: closing the uffd now is safe (holes and growth read zeros from the kernel).
     this.loop.removeProcess(st.procId);
     this.emit({ type: 'process-done', report: this.report(st, outcome) });
@@ -590,8 +622,8 @@ class Daemon implements LazyPagesDaemon {
   private lose(st: ProcessState, reason: string): void {
     if (st.status !== 'serving') return;
     st.status = 'lost';
-    const pid = this.killPid.get(st.procId);
-    const killed = pid !== undefined && killQuietly(pid);
+    const k = this.killPid.get(st.procId);
+    const killed = k !== undefined && k.start !== undefined && startTicks(k.pid) === k.start && killQuietly(k.pid);
     this.loop.removeProcess(st.procId);
     this.report(st, 'lost');
     this.emit({ type: 'process-lost', pid: st.pid, reason, killed });

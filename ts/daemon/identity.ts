@@ -34,7 +34,7 @@ export function ownsLazyVmas(pid: number, image: ProcessImage): boolean {
 }
 
 /** Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), or undefined. */
-function startTicks(pid: number | 'self'): number | undefined {
+export function startTicks(pid: number | 'self'): number | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // The command name (field 2) may hold spaces and parentheses: count fields after the last ')'.

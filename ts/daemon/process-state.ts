@@ -54,6 +54,11 @@ export class ProcessState {
   readonly live: LiveMap;
   /** Generation of the last table installed in the native core. */
   gen = 0;
+  /**
+   * Layout events (fork, remap, remove, unmap) of this process applied so far. Passed with every
+   * table: the native core keeps the process paused while it has read more than this.
+   */
+  eventsApplied = 0;
   status: ProcessStatus = 'serving';
   /** Parent's procId for a forked child. */
   readonly parent?: number;
@@ -180,8 +185,26 @@ export class ProcessState {
     return t;
   }
 
+  /** Dense page ranges to request one page at a time (a chunk there failed with ENOENT). */
+  private readonly narrowed: [number, number][] = [];
+
+  /** Request the pages [first, first+n) one by one from now on. */
+  narrow(first: number, n: number): void {
+    this.narrowed.push([first, first + n]);
+  }
+
   /** Next owed, not-in-flight run of at most `maxPages`, in live order from the cursor. */
   nextChunk(maxPages: number): BackgroundChunk | undefined {
+    const chunk = this.nextRun(maxPages);
+    if (chunk && chunk.pages > 1 && this.narrowed.some(([a, b]) => chunk.firstPage < b && chunk.firstPage + chunk.pages > a)) {
+      // Stop the chunk at the first narrowed page (or make it that one page).
+      const cut = Math.min(...this.narrowed.filter(([a, b]) => chunk.firstPage < b && chunk.firstPage + chunk.pages > a).map(([a]) => a));
+      chunk.pages = cut > chunk.firstPage ? cut - chunk.firstPage : 1;
+    }
+    return chunk;
+  }
+
+  private nextRun(maxPages: number): BackgroundChunk | undefined {
     const segs = this.live.segments;
     const n = segs.length;
     for (let k = 0; k < n; k++) {

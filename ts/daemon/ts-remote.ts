@@ -40,6 +40,9 @@ export class TsRemote {
     if (st.faulting.has(page)) return;
     st.faulting.add(page);
     st.noteFault(live);
+    // The layout this fault was resolved against: if an event changes it while the page is on the
+    // wire, the native core refuses the copy as stale (and the thread is woken to fault again).
+    const gen = st.gen;
     st.inflightRequests++; // the fetch
     this.source.fetch(st.pid, image, 1, true).then(
       (buf) =>
@@ -49,9 +52,7 @@ export class TsRemote {
           if (st.status !== 'serving') return;
           const reqId = this.host.submit({ st, firstPage: page, pages: 1, urgent: { live } });
           st.inflightRequests++;
-          // The live address may have moved while the page was on the wire: the native core refuses a
-          // stale gen, and then the thread is woken to fault again at the page's new place.
-          this.loop.copyBuffer(st.procId, reqId, st.gen, buf, live, true);
+          this.loop.copyBuffer(st.procId, reqId, gen, buf, live, true);
         }),
       () => undefined, // the source failed: its onError ends everything
     );

@@ -6,6 +6,8 @@
  * binding becomes a {@link NativeError} whose `code` is the binding's stable code (e.g. `ENOTUFFD`).
  */
 import { UserError } from '../errors.js';
+import { closeSync } from 'node:fs';
+
 import { binding } from './binding.js';
 import type * as Raw from '../../native/binding.js';
 
@@ -171,6 +173,12 @@ function toHandoverEvent(r: Raw.RawHandoverEvent): HandoverEvent {
       try {
         return { type: 'task', pid: r.pid, uffd: Uffd.adopt(fd) };
       } catch (e) {
+        // Not adopted: close it here, nobody else will.
+        try {
+          closeSync(fd);
+        } catch {
+          /* already closed */
+        }
         const ne = toNativeError(e);
         return { type: 'error', code: ne.code, message: `task ${r.pid}: ${ne.message}`, pid: r.pid };
       }
@@ -419,10 +427,16 @@ export class EventLoop {
   addProcess(uffd: Uffd, pid: number): number {
     return call(() => this.raw.addProcess(uffd.raw, pid));
   }
-  /** Installs a validated table (sorted, non-overlapping, page aligned: else `ETABLE`), sets `gen`, resumes. */
-  installTable(procId: number, gen: number, entries: readonly TableEntry[] | BigUint64Array): void {
+  /**
+   * Installs a validated table (sorted, non-overlapping, page aligned: else `ETABLE`), sets `gen` and
+   * resumes the process — unless the loop has already read more layout events (fork, remap, remove,
+   * unmap) for it than the `applied` events this table reflects; then it stays paused until the next
+   * install. Pass the number of layout events of this process applied so far (default: all of them,
+   * for callers that install only between events, like tests).
+   */
+  installTable(procId: number, gen: number, entries: readonly TableEntry[] | BigUint64Array, applied = 0xffffffff): void {
     const packed = entries instanceof BigUint64Array ? entries : packTable(entries);
-    call(() => this.raw.installTable(procId, gen, packed));
+    call(() => this.raw.installTable(procId, gen, packed, applied));
   }
   /** Copies `len` bytes of image `imageId` at `fileOffset` to `dst` in pieces; completes with `done`. */
   copy(

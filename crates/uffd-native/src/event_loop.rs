@@ -135,7 +135,7 @@ impl Job {
 pub enum Cmd {
   AddImage(u32, PageImage),
   AddProcess { proc_id: u32, uffd: Uffd, pid: i32, counters: Arc<Counters> },
-  Install { proc_id: u32, gen: u32, table: Table },
+  Install { proc_id: u32, gen: u32, table: Table, applied: u32 },
   Job(Job),
   Wake { proc_id: u32, start: u64, len: u64 },
   Unregister { proc_id: u32, start: u64, len: u64 },
@@ -281,6 +281,10 @@ struct Proc {
   uffd: Uffd,
   pidfd: Option<OwnedFd>,
   paused: bool,
+  /// Layout events (FORK/REMAP/REMOVE/UNMAP) read from this uffd so far. A table installed by TS
+  /// reflects only the events TS had applied: if we have read more since, the process stays paused
+  /// (the kernel let the process run on as soon as we *read* the event, not when TS applied it).
+  events_read: u32,
   gen: u32,
   table: Table,
   queued: Vec<(u64, u64)>,
@@ -398,13 +402,19 @@ impl Loop {
         counters.paused.store(true, Ordering::Relaxed);
         self.procs.insert(
           proc_id,
-          Proc { uffd, pidfd, paused: true, gen: 0, table: Table::default(), queued: Vec::new(), counters, dead: false },
+          Proc { uffd, pidfd, paused: true, events_read: 0, gen: 0, table: Table::default(), queued: Vec::new(), counters, dead: false },
         );
       }
-      Cmd::Install { proc_id, gen, table } => {
+      Cmd::Install { proc_id, gen, table, applied } => {
         let Some(p) = self.procs.get_mut(&proc_id) else { return };
         p.table = table;
         p.gen = gen;
+        if applied < p.events_read {
+          // An event newer than this table is already read (and its batch is on its way to TS):
+          // serving from this table could land pages at addresses that have moved. Stay paused;
+          // TS installs again once it has applied that event.
+          return;
+        }
         p.paused = false;
         p.counters.paused.store(false, Ordering::Relaxed);
         p.counters.gen.store(gen, Ordering::Relaxed);
@@ -471,14 +481,20 @@ impl Loop {
   }
 
   fn mark_gone(&mut self, proc_id: u32, reason: String) {
-    if let Some(p) = self.procs.get_mut(&proc_id) {
-      if p.dead {
-        return;
-      }
-      p.dead = true;
-      epoll_del(self.ep.as_raw_fd(), p.uffd.raw());
+    if self.mark_dead(proc_id) {
+      self.out.push(Out::Gone { proc_id, reason });
     }
-    self.out.push(Out::Gone { proc_id, reason });
+  }
+
+  /// Stop watching a process's uffd; false if it was already dead.
+  fn mark_dead(&mut self, proc_id: u32) -> bool {
+    let Some(p) = self.procs.get_mut(&proc_id) else { return true };
+    if p.dead {
+      return false;
+    }
+    p.dead = true;
+    epoll_del(self.ep.as_raw_fd(), p.uffd.raw());
+    true
   }
 
   /// Reads and handles every message the uffd has (batches of 64).
@@ -498,7 +514,12 @@ impl Loop {
             }
           }
           Some(libc::EINTR) => continue,
-          _ => self.mark_gone(proc_id, format!("read from userfaultfd failed: {e}")),
+          // The process is still there (EMFILE/ENFILE/ENOMEM: the kernel could not install a
+          // FORK's new uffd, and keeps the event queued): it must be killed, not treated as gone.
+          _ => {
+            self.mark_dead(proc_id);
+            self.out.push(Out::Error { proc_id: Some(proc_id), message: format!("read from its userfaultfd failed: {e}") });
+          }
         }
         return;
       }
@@ -539,6 +560,7 @@ impl Loop {
   fn on_layout_event(&mut self, proc_id: u32, ev: Event) {
     let p = self.procs.get_mut(&proc_id).expect("proc present");
     p.paused = true;
+    p.events_read = p.events_read.wrapping_add(1);
     p.counters.paused.store(true, Ordering::Relaxed);
     match ev {
       Event::Fork { ufd } => {

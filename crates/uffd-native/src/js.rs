@@ -480,14 +480,15 @@ impl EventLoop {
   }
 
   /// Installs a translation table (6 u64 per entry: liveStart, liveEnd, imageStart, kind, imageId, fileOffset),
-  /// sets the generation and resumes the process (queued faults are then served).
+  /// sets the generation and resumes the process (queued faults are then served) — unless the loop has
+  /// read more layout events for it than the `applied` events this table reflects: then it stays paused.
   #[napi]
-  pub fn install_table(&self, proc_id: u32, gen: u32, entries: BigUint64Array) -> Result<()> {
+  pub fn install_table(&self, proc_id: u32, gen: u32, entries: BigUint64Array, applied: u32) -> Result<()> {
     self.known_proc(proc_id)?;
     let images = &self.images;
     let table = Table::parse(&entries, &|id| u32::try_from(id).ok().and_then(|id| images.get(&id).map(|m| m.len())))
       .map_err(to_napi)?;
-    self.handle.shared.send(Cmd::Install { proc_id, gen, table });
+    self.handle.shared.send(Cmd::Install { proc_id, gen, table, applied });
     Ok(())
   }
 
