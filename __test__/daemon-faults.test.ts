@@ -142,3 +142,17 @@ test('images dumped with --lazy-pages need a page server: the real CRIU fixture 
   });
 });
 
+
+test('regression: a restorer that stalls in the middle of a pid fails the restore instead of hanging the daemon', async (t) => {
+  const ck = await synth(t, { size: 1 * MiB });
+  const wd = tempDir(t);
+  const d = await startLazyPagesDaemon({ imagesDir: ck.dir, workDir: wd });
+  t.teardown(() => d.close());
+  const c = createConnection(d.socketPath);
+  t.teardown(() => c.destroy());
+  await new Promise<void>((res) => c.once('connect', () => res()));
+  c.write(Buffer.from([1, 2])); // two of the four bytes of a pid, then nothing
+  const t0 = Date.now();
+  await t.throwsAsync(d.done, { message: /stalled/ });
+  t.true(Date.now() - t0 < 15_000);
+});

@@ -420,7 +420,10 @@ class Daemon implements LazyPagesDaemon {
           this.states.set(ev.childProcId, child);
           const found = findNewChild(this.killPid.get(st.procId)?.pid, new Set([...this.killPid.values()].map((k) => k.pid)));
           const childPid = found !== undefined && ownsLazyVmas(found, st.image) ? found : undefined;
-          if (childPid !== undefined) this.killPid.set(ev.childProcId, { pid: childPid, start: startTicks(childPid) });
+          if (childPid !== undefined) {
+            this.killPid.set(ev.childProcId, { pid: childPid, start: startTicks(childPid) });
+            this.loop.watchPid(ev.childProcId, childPid);
+          }
           dirty.add(st);
           dirty.add(child);
           this.emit({ type: 'fork', pid: st.pid, childPid });

@@ -467,6 +467,10 @@ export class EventLoop {
   unregister(procId: number, start: bigint, len: bigint): void {
     call(() => this.raw.unregister(procId, start, len));
   }
+  /** Watches `pid` for exit (an `exit` event), for a forked child whose pid the caller found. */
+  watchPid(procId: number, pid: number): void {
+    call(() => this.raw.watchPid(procId, pid));
+  }
   /** Pauses a process: its faults queue until the next {@link EventLoop.installTable}. */
   pause(procId: number): void {
     call(() => this.raw.pause(procId));

@@ -140,6 +140,8 @@ pub enum Cmd {
   Wake { proc_id: u32, start: u64, len: u64 },
   Unregister { proc_id: u32, start: u64, len: u64 },
   Pause(u32),
+  /// Watch `pid` (a forked child found by TS) for exit, as `AddProcess` does for handed-over tasks.
+  Watch { proc_id: u32, pid: i32 },
   Remove(u32),
   PieceBytes(u64),
   /// Use this page server for remote table entries and `Fetch` (replaces a previous one).
@@ -441,6 +443,17 @@ impl Loop {
         if let Some(p) = self.procs.get(&proc_id) {
           if let Err(e) = p.uffd.unregister(start, len) {
             self.out.push(Out::Error { proc_id: Some(proc_id), message: e.to_string() });
+          }
+        }
+      }
+      Cmd::Watch { proc_id, pid } => {
+        let ep = self.ep.as_raw_fd();
+        if let Some(p) = self.procs.get_mut(&proc_id) {
+          if p.pidfd.is_none() {
+            if let Some(fd) = pidfd_open(pid) {
+              let _ = epoll_add(ep, fd.as_raw_fd(), token(TOK_PIDFD, proc_id));
+              p.pidfd = Some(fd);
+            }
           }
         }
       }

@@ -64,6 +64,9 @@ impl fmt::Display for HandoverError {
       HandoverError::NoFd(pid) => write!(f, "hand-over: the message for pid {pid} carried no file descriptor"),
       HandoverError::PidZero => write!(f, "hand-over: received pid 0, which is not a valid task id"),
       HandoverError::NotUffd(pid, what) => write!(f, "hand-over: the fd sent for pid {pid} is not a userfaultfd (it is {what})"),
+      HandoverError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => {
+        write!(f, "hand-over: the restorer stalled for {STEP_TIMEOUT_SECS} s in the middle of a step (restore failed)")
+      }
       HandoverError::Io(e) => write!(f, "hand-over: socket read failed: {e}"),
       HandoverError::PathTooLong(p) => write!(
         f,
@@ -298,8 +301,26 @@ fn accept(listen: RawFd) -> io::Result<OwnedFd> {
     return Err(io::Error::last_os_error());
   }
   // SAFETY: fresh fd owned by nobody else.
-  Ok(unsafe { OwnedFd::from_raw_fd(c) })
+  let fd = unsafe { OwnedFd::from_raw_fd(c) };
+  // A step is read whole once poll says it started; a peer that stalls in the middle of one must
+  // not block this thread (and `close`, which joins it) for ever: give up after STEP_TIMEOUT.
+  let tv = libc::timeval { tv_sec: STEP_TIMEOUT_SECS, tv_usec: 0 };
+  // SAFETY: setsockopt on our own socket with a properly sized timeval.
+  unsafe {
+    libc::setsockopt(
+      fd.as_raw_fd(),
+      libc::SOL_SOCKET,
+      libc::SO_RCVTIMEO,
+      &tv as *const _ as *const libc::c_void,
+      std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+    )
+  };
+  Ok(fd)
 }
+
+/// Seconds a restorer may pause in the middle of one hand-over step (between the bytes of a pid, or
+/// between a pid and its fd message). CRIU sends each step in one go.
+const STEP_TIMEOUT_SECS: libc::time_t = 5;
 
 /// The connected peer's pid (SO_PEERCRED), or 0. The daemon uses it to kill only processes that
 /// descend from the restorer when a hand-over fails, never an unrelated process with a claimed pid.

@@ -548,6 +548,17 @@ impl EventLoop {
     Ok(())
   }
 
+  /// Watches `pid` for exit (reported as `exit`): for a forked child whose pid TS found.
+  #[napi]
+  pub fn watch_pid(&self, proc_id: u32, pid: i32) -> Result<()> {
+    self.known_proc(proc_id)?;
+    if pid <= 0 {
+      return Err(to_napi(ArgError::Invalid(format!("watchPid: pid must be positive, got {pid}"))));
+    }
+    self.handle.shared.send(Cmd::Watch { proc_id, pid });
+    Ok(())
+  }
+
   /// Pauses a process: its faults are queued until the next `installTable`.
   #[napi]
   pub fn pause(&self, proc_id: u32) -> Result<()> {
