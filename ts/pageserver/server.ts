@@ -60,7 +60,7 @@ export async function startPageServer(opts: PageServerOptions): Promise<PageServ
   const reader = new PageReader();
   const sessionOpts: SessionOptions = {
     stallTimeoutMs: opts.stallTimeoutMs ?? 30_000,
-    chunkBytes: opts.chunkBytes ?? 4 << 20,
+    chunkBytes: opts.chunkBytes ?? 256 << 10,
     maxQueued: 1024,
     maxReplyPages: opts.maxReplyPages ?? Number.MAX_SAFE_INTEGER,
   };

@@ -116,6 +116,9 @@ export class Session {
         if (this.socket.isPaused() && this.queue.length <= this.o.maxQueued / 2) this.socket.resume();
         this.requests++;
         await this.handle(h);
+        // Let other sessions in between big replies: a daemon's fault arrives on a connection of its
+        // own and must not wait until this one's whole pipeline of background replies is written.
+        if (h.nrPages > 1n) await new Promise<void>((r) => setImmediate(r));
       }
     } catch (e) {
       this.finish(e instanceof EndSession ? e : new EndSession('image-error', (e as Error).message));
@@ -171,6 +174,7 @@ export class Session {
         first = false;
       } else ok = this.socket.write(buf);
       if (!ok) await this.drain();
+      else if (done < total) await new Promise<void>((r) => setImmediate(r)); // other sessions between pieces
     }
     this.pagesSent += pages;
   }
