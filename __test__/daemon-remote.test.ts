@@ -6,6 +6,7 @@ import test from 'ava';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 
+import { Checkpoint, writeSyntheticCheckpoint } from '../ts/images/index.js';
 import { startPageServer } from '../ts/pageserver/index.js';
 import { restore, simFailure, synth, tempDir } from './helpers/e2e.js';
 import { hasIp, makeNetnsPair, repoRoot, startCliServer } from './helpers/netns.js';
@@ -28,6 +29,28 @@ test('loopback: faults fetched urgently, the rest streamed, every byte verified'
     t.true(p.onDemandPages > 0, JSON.stringify(p));
     t.true(p.backgroundPages > 0, JSON.stringify(p));
   }
+});
+
+test('regression: a lazy dump (no page data at the destination) is restored entirely from the page server', async (t) => {
+  // The source keeps the pages (a normal dump); the destination copy has PE_LAZY entries only, as
+  // `criu dump --lazy-pages` writes them. Same pids, same layout.
+  const src = await synth(t, { size: 4 * MiB, vmas: 2, procs: 2, holes: 0.1 });
+  const dst = tempDir(t, 'lazy-dst-');
+  await writeSyntheticCheckpoint({ out: dst, size: BigInt(4 * MiB), vmas: 2, procs: 2, holes: 0.1, pidBase: src.processes[0].pid, lazyOnly: true });
+  const dstCk = await Checkpoint.open(dst);
+  t.true(dstCk.processes.every((p) => p.lazyRanges.every((r) => r.location.kind === 'remote')));
+  let pagesSent = 0;
+  const srv = await startPageServer({ imagesDir: src.dir, port: 0, onEvent: (e) => e.type === 'session-ended' && (pagesSent += e.pagesSent) });
+  t.teardown(() => srv.close());
+  // The simulator checks every byte against the source's pages.
+  const r = await restore(t, dstCk, ['--workload', 'touch-random', '--count', '64', '--then-verify-all'], {
+    daemon: { pageServer: { address: srv.address, port: srv.port } },
+    layout: (l) => layoutFor(src, l.workDir),
+  });
+  t.is(r.sim.code, 0, simFailure(r));
+  const lazyPages = src.processes.reduce((a, p) => a + Number(p.lazyBytes / 4096n), 0);
+  for (let i = 0; i < 100 && pagesSent < lazyPages; i++) await new Promise((res) => setTimeout(res, 20));
+  t.true(pagesSent >= lazyPages, `server sent ${pagesSent} pages for ${lazyPages} lazy pages`);
 });
 
 test('uffd-events with a remote page source, in parent and child', async (t) => {
