@@ -521,3 +521,72 @@ export class EventLoop {
     this.raw.close();
   }
 }
+
+/** Options of {@link NativePageServer.start}. */
+export interface NativePageServerOptions {
+  address: string;
+  /** 0 = an ephemeral port (the real one is {@link NativePageServer.port}). */
+  port: number;
+  stallTimeoutMs: number;
+  /** Largest reply in pages (clamped to 1..2^20). */
+  maxReplyPages: number;
+  /** Stop accepting after this many sessions; a `stopped` event follows once they have ended. */
+  sessions?: number;
+}
+
+/** What the native page-server engine reports (the reasons and wording of ts/pageserver/events.ts). */
+export type NativePageServerEvent =
+  | { type: 'session-started'; session: number; peer: string }
+  | { type: 'session-ended'; session: number; peer: string; reason: string; detail: string; ok: boolean; requests: number; pagesSent: number }
+  | { type: 'stopped'; sessions: number };
+
+function parsePageServerEvent(r: Raw.RawPageServerEvent): NativePageServerEvent {
+  switch (r.type) {
+    case 'session-started':
+      return { type: r.type, session: r.session ?? 0, peer: r.peer ?? '' };
+    case 'session-ended':
+      return {
+        type: r.type, session: r.session ?? 0, peer: r.peer ?? '', reason: r.reason ?? 'image-error', detail: r.detail ?? '',
+        ok: r.ok ?? false, requests: r.requests ?? 0, pagesSent: r.pagesSent ?? 0,
+      };
+    default:
+      return { type: 'stopped', sessions: r.sessions ?? 0 };
+  }
+}
+
+/**
+ * The native page-server engine (plain TCP): one native thread serves every connection straight out of the
+ * mmapped pages files. `catalog` gives, per image pid, its sorted runs as `[start, end, imageId, fileOffset]*`,
+ * `images` the pages file of each imageId. Throws `ELISTEN` (naming address:port) when it cannot listen.
+ * Keeps Node alive until {@link NativePageServer.close}.
+ */
+export class NativePageServer {
+  private constructor(private readonly raw: Raw.NativePageServer, private readonly onEvents: (events: NativePageServerEvent[]) => void) {}
+
+  static start(
+    opts: NativePageServerOptions,
+    catalog: { pid: number; runs: BigUint64Array }[],
+    images: string[],
+    onEvents: (events: NativePageServerEvent[]) => void,
+  ): NativePageServer {
+    const deliver = (batch: Raw.RawPageServerEvent[]) => {
+      if (batch.length > 0) onEvents(batch.map(parsePageServerEvent));
+    };
+    const raw = call(() => binding.NativePageServer.start({ ...opts }, catalog, images, deliver));
+    return new NativePageServer(raw, onEvents);
+  }
+
+  get address(): string {
+    return this.raw.address;
+  }
+
+  get port(): number {
+    return this.raw.port;
+  }
+
+  /** Ends every session (`server-closing`), stops the thread; the last events are delivered before it returns. Idempotent. */
+  close(): void {
+    const rest = this.raw.close();
+    if (rest.length > 0) this.onEvents(rest.map(parsePageServerEvent));
+  }
+}

@@ -8,6 +8,7 @@ import tls from 'node:tls';
 import { UserError } from '../errors.js';
 import { Catalog } from './catalog.js';
 import type { PageServerEvent, PageServerEventHandler } from './events.js';
+import { startNativeEngine } from './native-engine.js';
 import { PageReader } from './page-reader.js';
 import { Session, type SessionOptions } from './session.js';
 import { loadTls, type TlsFiles } from './tls.js';
@@ -24,10 +25,15 @@ export interface PageServerOptions {
   onEvent?: PageServerEventHandler;
   /** A client that reads nothing of a pending reply for this long loses its session (default 30 s). */
   stallTimeoutMs?: number;
-  /** Bytes read from a pages file and written per step (default 4 MiB; with one read ahead, ≤ 8 MiB per busy session). */
+  /** TS engine only: bytes read from a pages file and written per step (default 256 KiB). */
   chunkBytes?: number;
   /** Largest reply in pages (default: no limit below the protocol's 2^20): longer GETs get short replies. */
   maxReplyPages?: number;
+  /**
+   * Who serves plain TCP: 'native' (default: one native thread writes replies straight from the mapped pages
+   * files, a fault's GET in tens of µs) or 'ts' (Node sockets). TLS is always served by the TS engine.
+   */
+  engine?: 'native' | 'ts';
 }
 
 export interface PageServer {
@@ -55,6 +61,16 @@ export async function startPageServer(opts: PageServerOptions): Promise<PageServ
       /* a faulty listener must not break serving */
     }
   };
+  if (opts.engine !== undefined && opts.engine !== 'native' && opts.engine !== 'ts') {
+    throw new UserError('EOPTION', `engine must be 'native' or 'ts' (got ${String(opts.engine)})`);
+  }
+  if (!opts.tls && opts.engine !== 'ts') {
+    return startNativeEngine({
+      imagesDir: opts.imagesDir, host, port, sessions: limit, emit,
+      stallTimeoutMs: Math.min(Math.max(1, Math.round(opts.stallTimeoutMs ?? 30_000)), 0x7fffffff),
+      maxReplyPages: Math.min(opts.maxReplyPages ?? Number.MAX_SAFE_INTEGER, 1 << 20),
+    });
+  }
   const tlsCtx = opts.tls ? loadTls(opts.tls) : undefined;
   const catalog = await Catalog.open(opts.imagesDir);
   const reader = new PageReader();

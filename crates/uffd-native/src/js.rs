@@ -692,3 +692,169 @@ impl EventLoop {
     self.tsfn.lock().unwrap_or_else(|p| p.into_inner()).take();
   }
 }
+
+/// Options of [`NativePageServer::start`].
+#[napi(object)]
+pub struct RawPageServerOptions {
+  pub address: String,
+  pub port: u32,
+  pub stall_timeout_ms: u32,
+  /// Largest reply in pages (clamped to 1..2^20).
+  pub max_reply_pages: f64,
+  /// Stop accepting after this many sessions; stop once they have ended.
+  pub sessions: Option<u32>,
+}
+
+/// The servable runs of one image pid: `[start, end, imageId, fileOffset]*`, sorted.
+#[napi(object)]
+pub struct RawPageServerPid {
+  pub pid: u32,
+  pub runs: BigUint64Array,
+}
+
+/// One page-server report (`type`: session-started | session-ended | stopped).
+#[napi(object, object_from_js = false)]
+pub struct RawPageServerEvent {
+  #[napi(js_name = "type")]
+  pub kind: String,
+  pub session: Option<u32>,
+  pub peer: Option<String>,
+  pub reason: Option<String>,
+  pub detail: Option<String>,
+  pub ok: Option<bool>,
+  pub requests: Option<f64>,
+  pub pages_sent: Option<f64>,
+  pub sessions: Option<u32>,
+}
+
+fn ps_event(e: crate::pageserver::Event) -> RawPageServerEvent {
+  use crate::pageserver::Event;
+  let ev = |kind: &str| RawPageServerEvent {
+    kind: kind.into(),
+    session: None,
+    peer: None,
+    reason: None,
+    detail: None,
+    ok: None,
+    requests: None,
+    pages_sent: None,
+    sessions: None,
+  };
+  match e {
+    Event::Started { session, peer } => RawPageServerEvent { session: Some(session), peer: Some(peer), ..ev("session-started") },
+    Event::Ended { session, peer, reason, detail, requests, pages_sent } => RawPageServerEvent {
+      session: Some(session),
+      peer: Some(peer),
+      reason: Some(reason.as_str().into()),
+      ok: Some(reason.ok()),
+      detail: Some(detail),
+      requests: Some(requests as f64),
+      pages_sent: Some(pages_sent as f64),
+      ..ev("session-ended")
+    },
+    Event::Stopped { sessions } => RawPageServerEvent { sessions: Some(sessions), ..ev("stopped") },
+  }
+}
+
+type PsTsfn = ThreadsafeFunction<(), (), Vec<RawPageServerEvent>, Status, false>;
+
+/// The native page-server engine (plain TCP): one thread serving every connection.
+#[napi]
+pub struct NativePageServer {
+  handle: Option<crate::pageserver::Handle>,
+  tsfn: Arc<std::sync::Mutex<Option<PsTsfn>>>,
+  address: String,
+  port: u32,
+}
+
+#[napi]
+impl NativePageServer {
+  /// Binds and listens (throws `ELISTEN` naming address:port), maps `images` (pages file paths, by image id)
+  /// and starts serving; `callback` receives batches of events. Keeps Node alive until `close()`.
+  #[napi(
+    factory,
+    ts_args_type = "options: RawPageServerOptions, catalog: RawPageServerPid[], images: string[], callback: (events: RawPageServerEvent[]) => void"
+  )]
+  pub fn start(
+    options: RawPageServerOptions,
+    catalog: Vec<RawPageServerPid>,
+    images: Vec<String>,
+    callback: Function<Vec<RawPageServerEvent>, ()>,
+  ) -> Result<NativePageServer> {
+    use crate::pageserver::{self, catalog::Catalog};
+    let port = u16::try_from(options.port)
+      .map_err(|_| to_napi(ArgError::Invalid(format!("port: expected 0-65535, got {}", options.port))))?;
+    if options.stall_timeout_ms == 0 {
+      return Err(to_napi(ArgError::Invalid("stallTimeoutMs: must be positive".into())));
+    }
+    let max_reply_pages = if options.max_reply_pages >= 1.0 { (options.max_reply_pages as u64).min(MAX_NR_PAGES) } else { 1 };
+    let mut maps = Vec::with_capacity(images.len());
+    for p in &images {
+      maps.push(image::open(Path::new(p)).map_err(to_napi)?);
+    }
+    let mut cat = Catalog::new(maps);
+    for p in &catalog {
+      cat.add_pid(p.pid, &p.runs).map_err(|m| to_napi(ArgError::Invalid(m)))?;
+    }
+    let slot: Arc<std::sync::OnceLock<Arc<pageserver::Shared>>> = Arc::new(std::sync::OnceLock::new());
+    let slot_js = slot.clone();
+    let tsfn: PsTsfn = callback
+      .build_threadsafe_function::<()>()
+      .callee_handled::<false>()
+      .build_callback(move |_ctx| {
+        let batch = match slot_js.get() {
+          Some(s) => s.outbox.take(),
+          None => Vec::new(),
+        };
+        Ok(batch.into_iter().map(ps_event).collect::<Vec<_>>())
+      })
+      .map_err(|e| to_napi(ArgError::Invalid(format!("callback: {e}"))))?;
+    // close() empties this slot: that releases the threadsafe function (so Node can exit) and breaks the
+    // cycle callback -> Shared -> notify -> callback.
+    let tsfn = Arc::new(std::sync::Mutex::new(Some(tsfn)));
+    let t2 = tsfn.clone();
+    let opts = pageserver::Options {
+      address: options.address,
+      port,
+      stall: std::time::Duration::from_millis(options.stall_timeout_ms as u64),
+      max_reply_pages,
+      sessions: options.sessions.filter(|n| *n > 0),
+    };
+    let handle = pageserver::start(
+      opts,
+      cat,
+      Box::new(move || {
+        if let Some(f) = t2.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+          f.call((), ThreadsafeFunctionCallMode::NonBlocking);
+        }
+      }),
+    )
+    .map_err(to_napi)?;
+    let _ = slot.set(handle.shared.clone());
+    let (address, port) = (handle.local.ip().to_string(), handle.local.port() as u32);
+    Ok(NativePageServer { handle: Some(handle), tsfn, address, port })
+  }
+
+  /// The bound address.
+  #[napi(getter)]
+  pub fn address(&self) -> String {
+    self.address.clone()
+  }
+
+  /// The bound port (the real one when 0 was asked).
+  #[napi(getter)]
+  pub fn port(&self) -> u32 {
+    self.port
+  }
+
+  /// Ends every session ('server-closing'), joins the thread and releases the callback; returns the events
+  /// not yet delivered (so none is lost to the release). Idempotent.
+  #[napi]
+  pub fn close(&mut self) -> Vec<RawPageServerEvent> {
+    let Some(mut h) = self.handle.take() else { return Vec::new() };
+    h.close();
+    let rest = h.shared.outbox.take();
+    self.tsfn.lock().unwrap_or_else(|p| p.into_inner()).take();
+    rest.into_iter().map(ps_event).collect()
+  }
+}

@@ -10,6 +10,7 @@ pub mod outbox;
 pub mod pagebuf;
 pub mod pageclient;
 pub mod pagewire;
+pub mod pageserver;
 pub mod table;
 pub mod uffd;
 

@@ -1,0 +1,434 @@
+//! The native page-server engine (plain TCP): one thread with one epoll serving every client connection
+//! of a page server (CRIU page-server protocol, spec §7). A fault's 1-page GET is answered within the
+//! same epoll wakeup that read it, straight out of the mmapped pages file, instead of crossing Node's
+//! event loop; big replies are written a bounded piece at a time, round robin over the connections that
+//! have output pending, so a background stream never holds up another connection's fault.
+//!
+//! Sessions, validation and end reasons mirror ts/pageserver/session.ts (the TS engine, still used for
+//! TLS); events reach JS through an [`Outbox`] drained by a threadsafe function.
+
+pub mod catalog;
+pub mod conn;
+pub mod request;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::outbox::Outbox;
+use catalog::Catalog;
+use conn::{Conn, Read_, Turn};
+use request::{End, Reason};
+
+/// Most bytes written for one connection before the others get a turn (a 1-page reply always fits).
+pub const TURN_BUDGET: u64 = 256 << 10;
+
+const TOK_WAKE: u64 = 0;
+const TOK_LISTEN: u64 = 1;
+/// Connection tokens are the session id plus this.
+const TOK_CONN: u64 = 2;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+  pub address: String,
+  pub port: u16,
+  /// A client that reads nothing of a pending reply for this long loses its session.
+  pub stall: Duration,
+  /// Largest reply in pages.
+  pub max_reply_pages: u64,
+  /// Stop accepting after this many sessions; stop once they have ended.
+  pub sessions: Option<u32>,
+}
+
+/// Reports to JS.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+  Started { session: u32, peer: String },
+  Ended { session: u32, peer: String, reason: Reason, detail: String, requests: u64, pages_sent: u64 },
+  /// The thread has stopped (close, or the session limit reached and every session ended).
+  Stopped { sessions: u32 },
+}
+
+/// Errors starting the server.
+#[derive(Debug)]
+pub enum ServerError {
+  /// bind/listen failed: `host:port` and the errno name (or message).
+  Listen(String, String),
+  /// the thread or its fds could not be created
+  Start(std::io::Error),
+}
+
+impl std::fmt::Display for ServerError {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    match self {
+      ServerError::Listen(at, why) => write!(f, "page server: cannot listen on {at}: {why}"),
+      ServerError::Start(e) => write!(f, "page server: cannot start: {e}"),
+    }
+  }
+}
+
+impl crate::errors::Coded for ServerError {
+  fn code(&self) -> &'static str {
+    match self {
+      ServerError::Listen(..) => "ELISTEN",
+      ServerError::Start(_) => "ENATIVE",
+    }
+  }
+}
+
+fn errno_name(e: &std::io::Error) -> String {
+  match e.raw_os_error() {
+    Some(libc::EADDRINUSE) => "EADDRINUSE".into(),
+    Some(libc::EADDRNOTAVAIL) => "EADDRNOTAVAIL".into(),
+    Some(libc::EACCES) => "EACCES".into(),
+    Some(libc::EINVAL) => "EINVAL".into(),
+    _ => e.to_string(),
+  }
+}
+
+/// State shared by the JS handle and the thread.
+pub struct Shared {
+  stop: AtomicBool,
+  wake: OwnedFd,
+  /// Reports to JS.
+  pub outbox: Outbox<Event>,
+}
+
+impl Shared {
+  fn kick(&self) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to our own eventfd (EAGAIN on counter overflow is harmless).
+    unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+  }
+}
+
+/// The JS-side handle: owns the thread.
+pub struct Handle {
+  pub shared: Arc<Shared>,
+  thread: Option<JoinHandle<()>>,
+  /// The address actually bound (port 0 = the ephemeral port chosen).
+  pub local: SocketAddr,
+}
+
+impl Handle {
+  /// Ends every session ('server-closing') and joins the thread. Idempotent.
+  pub fn close(&mut self) {
+    self.shared.stop.store(true, Ordering::SeqCst);
+    self.shared.kick();
+    if let Some(t) = self.thread.take() {
+      let _ = t.join();
+    }
+  }
+}
+
+impl Drop for Handle {
+  fn drop(&mut self) {
+    self.close();
+  }
+}
+
+fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, tok: u64) -> std::io::Result<()> {
+  let mut ev = libc::epoll_event { events, u64: tok };
+  // SAFETY: `ev` is valid for the call; both fds are open (DEL ignores `ev`).
+  if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } != 0 {
+    return Err(std::io::Error::last_os_error());
+  }
+  Ok(())
+}
+
+/// Binds and listens (synchronously, so the caller learns the real port), then starts the thread.
+pub fn start(opts: Options, cat: Catalog, notify: Box<dyn Fn() + Send + Sync>) -> Result<Handle, ServerError> {
+  let at = if opts.address.contains(':') { format!("[{}]:{}", opts.address, opts.port) } else { format!("{}:{}", opts.address, opts.port) };
+  let listener = TcpListener::bind((opts.address.as_str(), opts.port)).map_err(|e| ServerError::Listen(at.clone(), errno_name(&e)))?;
+  listener.set_nonblocking(true).map_err(|e| ServerError::Listen(at.clone(), errno_name(&e)))?;
+  let local = listener.local_addr().map_err(|e| ServerError::Listen(at, errno_name(&e)))?;
+  let err = || ServerError::Start(std::io::Error::last_os_error());
+  // SAFETY: plain syscall; checked.
+  let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+  if ep < 0 {
+    return Err(err());
+  }
+  // SAFETY: a fresh fd we own.
+  let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+  // SAFETY: plain syscall; checked.
+  let w = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+  if w < 0 {
+    return Err(err());
+  }
+  // SAFETY: a fresh fd we own.
+  let wake = unsafe { OwnedFd::from_raw_fd(w) };
+  let epi = libc::EPOLLIN as u32;
+  epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, wake.as_raw_fd(), epi, TOK_WAKE).map_err(ServerError::Start)?;
+  epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, listener.as_raw_fd(), epi, TOK_LISTEN).map_err(ServerError::Start)?;
+  let shared = Arc::new(Shared { stop: AtomicBool::new(false), wake, outbox: Outbox::new(notify) });
+  let s2 = shared.clone();
+  let server = Server {
+    ep,
+    shared: s2,
+    listener: Some(listener),
+    cat,
+    opts,
+    conns: HashMap::new(),
+    ready: VecDeque::new(),
+    started: 0,
+    ended: 0,
+    out: Vec::new(),
+    buf: vec![0u8; 64 << 10],
+  };
+  let thread = std::thread::Builder::new().name("lazy-pages-psrv".into()).spawn(move || server.run()).map_err(ServerError::Start)?;
+  Ok(Handle { shared, thread: Some(thread), local })
+}
+
+struct Server {
+  ep: OwnedFd,
+  shared: Arc<Shared>,
+  /// None once the session limit is reached.
+  listener: Option<TcpListener>,
+  cat: Catalog,
+  opts: Options,
+  conns: HashMap<u32, Conn>,
+  /// Connections with output to write and room to write it, in turn order.
+  ready: VecDeque<u32>,
+  started: u32,
+  ended: u32,
+  out: Vec<Event>,
+  buf: Vec<u8>,
+}
+
+impl Server {
+  fn run(mut self) {
+    // SAFETY: an all-zero epoll_event array is valid.
+    let mut evs: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
+    loop {
+      let timeout = self.timeout_ms();
+      // SAFETY: `evs` is a valid buffer of 64 events.
+      let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), evs.as_mut_ptr(), 64, timeout) };
+      if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+        break; // cannot happen with valid arguments; stop cleanly rather than spin
+      }
+      for ev in evs.iter().take(n.max(0) as usize) {
+        let (tok, flags) = (ev.u64, ev.events);
+        match tok {
+          TOK_WAKE => self.drain_wake(),
+          TOK_LISTEN => self.accept_all(),
+          t => self.on_conn((t - TOK_CONN) as u32, flags),
+        }
+      }
+      if self.shared.stop.load(Ordering::SeqCst) {
+        break;
+      }
+      // One round: every connection with output pending writes up to its budget.
+      for _ in 0..self.ready.len() {
+        let Some(id) = self.ready.pop_front() else { break };
+        if let Some(c) = self.conns.get_mut(&id) {
+          c.in_ready = false;
+          self.serve(id);
+        }
+      }
+      self.check_deadlines();
+      let limit_done = self.listener.is_none() && self.conns.is_empty();
+      if limit_done {
+        break;
+      }
+      self.flush();
+    }
+    self.stop_all();
+  }
+
+  fn flush(&mut self) {
+    self.shared.outbox.push_all(&mut self.out);
+  }
+
+  fn stop_all(&mut self) {
+    let ids: Vec<u32> = self.conns.keys().copied().collect();
+    let mut ids = ids;
+    ids.sort_unstable();
+    for id in ids {
+      let lingering = self.conns.get(&id).is_some_and(|c| c.linger_until.is_some());
+      if lingering {
+        self.drop_conn(id);
+      } else {
+        self.end(id, End::new(Reason::ServerClosing, "the page server is shutting down"));
+        self.drop_conn(id);
+      }
+    }
+    self.listener = None;
+    self.out.push(Event::Stopped { sessions: self.ended });
+    self.flush();
+  }
+
+  fn timeout_ms(&self) -> i32 {
+    if !self.ready.is_empty() {
+      return 0;
+    }
+    let now = Instant::now();
+    let mut next: Option<Instant> = None;
+    for c in self.conns.values() {
+      let d = if let Some(l) = c.linger_until {
+        Some(l)
+      } else if c.blocked {
+        Some(c.last_progress + self.opts.stall)
+      } else {
+        None
+      };
+      if let Some(d) = d {
+        next = Some(next.map_or(d, |n| n.min(d)));
+      }
+    }
+    match next {
+      None => -1,
+      Some(d) => (d.saturating_duration_since(now).as_millis() as i32).saturating_add(1),
+    }
+  }
+
+  fn drain_wake(&mut self) {
+    let mut b = [0u8; 8];
+    // SAFETY: reads the eventfd counter into an 8-byte buffer (EAGAIN when already drained is fine).
+    unsafe { libc::read(self.shared.wake.as_raw_fd(), b.as_mut_ptr() as *mut libc::c_void, 8) };
+  }
+
+  fn accept_all(&mut self) {
+    loop {
+      let Some(l) = self.listener.as_ref() else { return };
+      let (stream, peer) = match l.accept() {
+        Ok(x) => x,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+        // ECONNABORTED, EMFILE...: that one connection is lost; the server keeps listening.
+        Err(_) => return,
+      };
+      if stream.set_nonblocking(true).is_err() {
+        continue;
+      }
+      // A fault's GET reply must leave at once, not wait for Nagle.
+      let _ = stream.set_nodelay(true);
+      self.started += 1;
+      let id = self.started;
+      let peer = format!("{}:{}", peer.ip(), peer.port());
+      let mut c = Conn::new(stream, id, peer.clone());
+      c.interest = libc::EPOLLIN as u32;
+      if epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, c.stream.as_raw_fd(), c.interest, TOK_CONN + id as u64).is_err() {
+        continue;
+      }
+      self.conns.insert(id, c);
+      self.out.push(Event::Started { session: id, peer });
+      if self.opts.sessions.is_some_and(|n| self.started >= n) {
+        if let Some(l) = self.listener.take() {
+          let _ = epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, l.as_raw_fd(), 0, 0);
+        }
+      }
+    }
+  }
+
+  fn on_conn(&mut self, id: u32, flags: u32) {
+    let Some(c) = self.conns.get_mut(&id) else { return };
+    let hup = flags & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
+    if c.linger_until.is_some() {
+      if c.discard(&mut self.buf) || hup {
+        self.drop_conn(id);
+      }
+      return;
+    }
+    if flags & libc::EPOLLOUT as u32 != 0 || hup {
+      // Writable again (or failed: the next write says how).
+      c.blocked = false;
+    }
+    if flags & (libc::EPOLLIN as u32) != 0 || hup {
+      if let Read_::Ended(e) = c.read(&mut self.buf) {
+        self.end(id, e);
+        return;
+      }
+    }
+    // Served now, in this same wakeup: this is what makes a fault's reply fast.
+    if !c.in_ready && !c.blocked && c.has_work() {
+      self.serve(id);
+    } else {
+      self.sync_interest(id);
+    }
+  }
+
+  fn serve(&mut self, id: u32) {
+    let Some(c) = self.conns.get_mut(&id) else { return };
+    if c.blocked {
+      self.sync_interest(id);
+      return;
+    }
+    match c.serve(&self.cat, TURN_BUDGET, self.opts.max_reply_pages) {
+      Turn::Idle | Turn::Blocked => {}
+      Turn::Yield => {
+        c.in_ready = true;
+        self.ready.push_back(id);
+      }
+      Turn::Ended(e) => {
+        self.end(id, e);
+        return;
+      }
+    }
+    self.sync_interest(id);
+  }
+
+  fn sync_interest(&mut self, id: u32) {
+    let Some(c) = self.conns.get_mut(&id) else { return };
+    let want = c.wanted_interest();
+    if want != c.interest {
+      c.interest = want;
+      let _ = epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_MOD, c.stream.as_raw_fd(), want, TOK_CONN + id as u64);
+    }
+  }
+
+  /// Reports the end of a session; a graceful end keeps the socket until the client has read its replies.
+  fn end(&mut self, id: u32, e: End) {
+    let Some(c) = self.conns.get_mut(&id) else { return };
+    self.ended += 1;
+    self.out.push(Event::Ended {
+      session: id,
+      peer: c.peer.clone(),
+      reason: e.reason,
+      detail: e.detail,
+      requests: c.requests,
+      pages_sent: c.pages_sent,
+    });
+    if e.reason.graceful() {
+      // FIN after the replies already written; we read (and drop) until the client closes, for at most
+      // the stall timeout, so closing never resets a connection whose replies are still in flight.
+      let _ = c.stream.shutdown(std::net::Shutdown::Write);
+      c.linger_until = Some(Instant::now() + self.opts.stall);
+      c.blocked = false;
+      self.sync_interest(id);
+    } else {
+      self.drop_conn(id);
+    }
+  }
+
+  fn drop_conn(&mut self, id: u32) {
+    if let Some(c) = self.conns.remove(&id) {
+      let _ = epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, c.stream.as_raw_fd(), 0, 0);
+    }
+  }
+
+  fn check_deadlines(&mut self) {
+    let now = Instant::now();
+    let stall = self.opts.stall;
+    let mut stalled = Vec::new();
+    let mut expired = Vec::new();
+    for (id, c) in &self.conns {
+      if c.linger_until.is_some_and(|l| now >= l) {
+        expired.push(*id);
+      } else if c.linger_until.is_none() && c.blocked && now >= c.last_progress + stall {
+        stalled.push(*id);
+      }
+    }
+    for id in expired {
+      self.drop_conn(id);
+    }
+    for id in stalled {
+      let d = format!("the client read nothing for {} ms with a reply pending", stall.as_millis());
+      self.end(id, End::new(Reason::ClientStalled, d));
+    }
+  }
+}

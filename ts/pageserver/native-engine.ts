@@ -1,0 +1,108 @@
+/**
+ * The plain-TCP page server on the native engine (crates/uffd-native/src/pageserver): one native thread
+ * serves every connection straight out of the mmapped pages files, so a fault's GET never waits for
+ * Node's event loop. Same PageServer object and events as the TS engine (which stays for TLS).
+ */
+import { Checkpoint, type PageRange } from '../images/index.js';
+import { NativePageServer, type NativePageServerEvent } from '../native/index.js';
+import type { PageServerEvent, SessionEndReason } from './events.js';
+import type { PageServer } from './server.js';
+
+export interface NativeEngineOptions {
+  imagesDir: string;
+  host: string;
+  port: number;
+  sessions?: number;
+  stallTimeoutMs: number;
+  maxReplyPages: number;
+  emit: (e: PageServerEvent) => void;
+}
+
+/** The native catalog: per pid, sorted `[start, end, imageId, fileOffset]*` runs, and the file of each imageId. */
+async function nativeCatalog(imagesDir: string): Promise<{ pids: { pid: number; runs: BigUint64Array }[]; files: string[] }> {
+  const ck = await Checkpoint.open(imagesDir);
+  const files: string[] = [];
+  const ids = new Map<string, number>();
+  const idOf = (f: string) => {
+    let id = ids.get(f);
+    if (id === undefined) {
+      id = files.push(f) - 1;
+      ids.set(f, id);
+    }
+    return id;
+  };
+  const pids = ck.processes.map((p) => {
+    const words = mergeRuns(p.lazyRanges).flatMap((r) => [r.start, r.end, BigInt(idOf(r.file)), r.offset]);
+    return { pid: p.pid, runs: BigUint64Array.from(words) };
+  });
+  return { pids, files };
+}
+
+/**
+ * Adjacent lazy entries that are also adjacent in one pages file form one run (as in catalog.ts): replies
+ * are clamped at run ends, so unmerged 256-page pagemap entries would cut a bulk transfer into short replies.
+ */
+function mergeRuns(ranges: PageRange[]): { start: bigint; end: bigint; file: string; offset: bigint }[] {
+  const out: { start: bigint; end: bigint; file: string; offset: bigint }[] = [];
+  for (const r of ranges) {
+    if (r.location.kind !== 'file') continue;
+    const last = out[out.length - 1];
+    if (last && last.end === r.start && last.file === r.location.file && last.offset + (last.end - last.start) === r.location.offset) {
+      last.end = r.end;
+    } else out.push({ start: r.start, end: r.end, file: r.location.file, offset: r.location.offset });
+  }
+  return out;
+}
+
+export async function startNativeEngine(o: NativeEngineOptions): Promise<PageServer> {
+  const { pids, files } = await nativeCatalog(o.imagesDir);
+  let ended = 0;
+  let active = 0;
+  let resolveDone!: () => void;
+  const done = new Promise<void>((r) => (resolveDone = r));
+  let stopped = false;
+  let srv: NativePageServer | undefined;
+
+  const onEvents = (batch: NativePageServerEvent[]) => {
+    for (const e of batch) {
+      if (e.type === 'session-started') {
+        active++;
+        o.emit(e);
+      } else if (e.type === 'session-ended') {
+        active--;
+        ended++;
+        o.emit({ ...e, reason: e.reason as SessionEndReason });
+      } else if (!stopped) {
+        stopped = true;
+        // The thread has exited: join it and release the callback (so Node can exit), outside this callback.
+        setImmediate(() => srv?.close());
+        o.emit({ type: 'closed', sessions: ended });
+        resolveDone();
+      }
+    }
+  };
+  srv = NativePageServer.start(
+    { address: o.host, port: o.port, stallTimeoutMs: o.stallTimeoutMs, maxReplyPages: o.maxReplyPages, sessions: o.sessions },
+    pids,
+    files,
+    onEvents,
+  );
+  o.emit({ type: 'listening', address: srv.address, port: srv.port });
+  const s = srv;
+  return {
+    address: s.address,
+    port: s.port,
+    get sessions() {
+      return ended;
+    },
+    get active() {
+      return active;
+    },
+    done,
+    async close() {
+      // Delivers every session's 'server-closing' end and the stop synchronously.
+      s.close();
+      await done;
+    },
+  };
+}
