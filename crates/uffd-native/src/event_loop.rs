@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crate::image::PageImage;
 use crate::msg::{self, Event, MSG_SIZE};
@@ -294,6 +295,9 @@ struct Proc {
   dead: bool,
 }
 
+/// How long the loop polls for an outstanding fault reply before it sleeps in epoll_wait.
+const URGENT_SPIN: std::time::Duration = std::time::Duration::from_micros(80);
+
 struct Loop {
   ep: OwnedFd,
   shared: Arc<Shared>,
@@ -327,9 +331,18 @@ impl Loop {
   fn run(mut self) {
     // SAFETY: zero is a valid epoll_event.
     let mut evs: [libc::epoll_event; 32] = unsafe { std::mem::zeroed() };
+    let mut spin_since: Option<Instant> = None;
     loop {
       let busy = !self.urgent.is_empty() || !self.background.is_empty();
-      let timeout = if busy { 0 } else { self.source_timeout_ms() };
+      // While a fault's page is on the wire, poll for the reply for a short while instead of
+      // sleeping: the faulting thread is frozen until it arrives, and waking this thread from an
+      // idle CPU costs tens of microseconds on a VM. Bounded, and only with a reply outstanding.
+      let awaiting = self.client.as_ref().is_some_and(|c| c.urgent_outstanding());
+      let spinning = awaiting && spin_since.get_or_insert_with(Instant::now).elapsed() < URGENT_SPIN;
+      if !awaiting {
+        spin_since = None;
+      }
+      let timeout = if busy || spinning { 0 } else { self.source_timeout_ms() };
       // SAFETY: `evs` is a valid buffer of 32 events.
       let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), evs.as_mut_ptr(), 32, timeout) };
       if n < 0 {

@@ -340,6 +340,11 @@ impl PageClient {
     self.pool.set_limit(2 * self.window as usize);
   }
 
+  /// True while a fault's page is on its way (the faulting thread is frozen until it arrives).
+  pub fn urgent_outstanding(&self) -> bool {
+    !self.ufifo.is_empty()
+  }
+
   /// Sends the GET for a fault unless the same page (same process, generation) is already requested: the
   /// copy for the first fault wakes every thread waiting on the page. Returns true if a GET went out.
   pub fn request_page(&mut self, r: UrgentReq, stats: &SourceStats) -> Result<bool, String> {
