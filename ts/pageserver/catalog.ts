@@ -36,6 +36,11 @@ export class Catalog {
     return [...this.byPid.keys()];
   }
 
+  /** Every servable run of `pid`, sorted by image address. */
+  runs(pid: number): readonly ServableRun[] {
+    return this.byPid.get(pid)?.runs ?? [];
+  }
+
   /** The run of `pid` holding image address `vaddr`, or undefined. */
   find(pid: number, vaddr: bigint): ServableRun | undefined {
     const p = this.byPid.get(pid);

@@ -3,7 +3,7 @@
  * serves every connection straight out of the mmapped pages files, so a fault's GET never waits for
  * Node's event loop. Same PageServer object and events as the TS engine (which stays for TLS).
  */
-import { Checkpoint, type PageRange } from '../images/index.js';
+import { Catalog } from './catalog.js';
 import { NativePageServer, type NativePageServerEvent } from '../native/index.js';
 import type { PageServerEvent, SessionEndReason } from './events.js';
 import type { PageServer } from './server.js';
@@ -20,7 +20,7 @@ export interface NativeEngineOptions {
 
 /** The native catalog: per pid, sorted `[start, end, imageId, fileOffset]*` runs, and the file of each imageId. */
 async function nativeCatalog(imagesDir: string): Promise<{ pids: { pid: number; runs: BigUint64Array }[]; files: string[] }> {
-  const ck = await Checkpoint.open(imagesDir);
+  const cat = await Catalog.open(imagesDir);
   const files: string[] = [];
   const ids = new Map<string, number>();
   const idOf = (f: string) => {
@@ -31,27 +31,11 @@ async function nativeCatalog(imagesDir: string): Promise<{ pids: { pid: number; 
     }
     return id;
   };
-  const pids = ck.processes.map((p) => {
-    const words = mergeRuns(p.lazyRanges).flatMap((r) => [r.start, r.end, BigInt(idOf(r.file)), r.offset]);
-    return { pid: p.pid, runs: BigUint64Array.from(words) };
+  const pids = cat.pids.map((pid) => {
+    const words = cat.runs(pid).flatMap((r) => [r.start, r.end, BigInt(idOf(r.file)), r.offset]);
+    return { pid, runs: BigUint64Array.from(words) };
   });
   return { pids, files };
-}
-
-/**
- * Adjacent lazy entries that are also adjacent in one pages file form one run (as in catalog.ts): replies
- * are clamped at run ends, so unmerged 256-page pagemap entries would cut a bulk transfer into short replies.
- */
-function mergeRuns(ranges: PageRange[]): { start: bigint; end: bigint; file: string; offset: bigint }[] {
-  const out: { start: bigint; end: bigint; file: string; offset: bigint }[] = [];
-  for (const r of ranges) {
-    if (r.location.kind !== 'file') continue;
-    const last = out[out.length - 1];
-    if (last && last.end === r.start && last.file === r.location.file && last.offset + (last.end - last.start) === r.location.offset) {
-      last.end = r.end;
-    } else out.push({ start: r.start, end: r.end, file: r.location.file, offset: r.location.offset });
-  }
-  return out;
 }
 
 export async function startNativeEngine(o: NativeEngineOptions): Promise<PageServer> {
