@@ -205,21 +205,7 @@ impl crate::errors::Coded for StartError {
 impl LoopHandle {
   /// Starts the thread; `notify` schedules a JS callback that drains `shared.outbox`.
   pub fn start(notify: Box<dyn Fn() + Send + Sync>) -> Result<LoopHandle, StartError> {
-    let err = || StartError(std::io::Error::last_os_error());
-    // SAFETY: epoll_create1 with CLOEXEC; checked.
-    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if ep < 0 {
-      return Err(err());
-    }
-    // SAFETY: fresh fd.
-    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
-    // SAFETY: eventfd with flags; checked.
-    let w = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if w < 0 {
-      return Err(err());
-    }
-    // SAFETY: fresh fd.
-    let wake = unsafe { OwnedFd::from_raw_fd(w) };
+    let (ep, wake) = crate::poller::epoll_and_wake().map_err(StartError)?;
     epoll_add(ep.as_raw_fd(), wake.as_raw_fd(), token(TOK_WAKE, 0)).map_err(StartError)?;
     let shared = Arc::new(Shared {
       cmds: Mutex::new(VecDeque::new()),

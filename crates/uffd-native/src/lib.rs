@@ -11,6 +11,7 @@ pub mod pagebuf;
 pub mod pageclient;
 pub mod pagewire;
 pub mod pageserver;
+pub mod poller;
 pub mod table;
 pub mod uffd;
 

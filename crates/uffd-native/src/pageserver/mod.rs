@@ -13,7 +13,7 @@ pub mod request;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -147,21 +147,7 @@ pub fn start(opts: Options, cat: Catalog, notify: Box<dyn Fn() + Send + Sync>) -
   let listener = TcpListener::bind((opts.address.as_str(), opts.port)).map_err(|e| ServerError::Listen(at.clone(), errno_name(&e)))?;
   listener.set_nonblocking(true).map_err(|e| ServerError::Listen(at.clone(), errno_name(&e)))?;
   let local = listener.local_addr().map_err(|e| ServerError::Listen(at, errno_name(&e)))?;
-  let err = || ServerError::Start(std::io::Error::last_os_error());
-  // SAFETY: plain syscall; checked.
-  let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-  if ep < 0 {
-    return Err(err());
-  }
-  // SAFETY: a fresh fd we own.
-  let ep = unsafe { OwnedFd::from_raw_fd(ep) };
-  // SAFETY: plain syscall; checked.
-  let w = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-  if w < 0 {
-    return Err(err());
-  }
-  // SAFETY: a fresh fd we own.
-  let wake = unsafe { OwnedFd::from_raw_fd(w) };
+  let (ep, wake) = crate::poller::epoll_and_wake().map_err(ServerError::Start)?;
   let epi = libc::EPOLLIN as u32;
   epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, wake.as_raw_fd(), epi, TOK_WAKE).map_err(ServerError::Start)?;
   epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, listener.as_raw_fd(), epi, TOK_LISTEN).map_err(ServerError::Start)?;
