@@ -25,7 +25,7 @@ use conn::{Conn, Read_, Turn};
 use request::{End, Reason};
 
 /// Most bytes written for one connection before the others get a turn (a 1-page reply always fits).
-pub const TURN_BUDGET: u64 = 64 << 10;
+pub const TURN_BUDGET: u64 = 128 << 10;
 
 const TOK_WAKE: u64 = 0;
 const TOK_LISTEN: u64 = 1;
