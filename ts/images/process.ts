@@ -10,13 +10,16 @@ import { findVma, type Vma } from './vma.js';
 
 export type TaskState = 'alive' | 'zombie' | 'stopped' | 'dead';
 
-export interface ProcessImage {
+export interface TaskInfo {
   pid: number;
   ppid: number;
   pgid: number;
   sid: number;
   threads: number[];
   state: TaskState;
+}
+
+export interface ProcessImage extends TaskInfo {
   vmas: Vma[];
   pagesId: number;
   /** Sorted, non-overlapping, split at VMA boundaries, only inside lazy VMAs. */
@@ -26,15 +29,6 @@ export interface ProcessImage {
   /** O(log n): image address -> where its data is ('zero' if no pagemap entry covers it). */
   lookup(addr: bigint): DataLocation;
   lazyBytes: bigint;
-}
-
-export interface TaskInfo {
-  pid: number;
-  ppid: number;
-  pgid: number;
-  sid: number;
-  threads: number[];
-  state: TaskState;
 }
 
 /**
