@@ -789,6 +789,11 @@ impl Loop {
   /// Runs one piece (≤ piece bytes) of the first request, urgent ones first.
   fn run_one_piece(&mut self) {
     let urgent = !self.urgent.is_empty();
+    // While a fault's page is on the wire, background copies wait: they would take the CPU the
+    // page server and the faulting process need (two cores here), for a few microseconds each.
+    if !urgent && self.client.as_ref().is_some_and(|c| c.urgent_outstanding()) {
+      return;
+    }
     let Some(mut job) = (if urgent { self.urgent.pop_front() } else { self.background.pop_front() }) else {
       return;
     };
