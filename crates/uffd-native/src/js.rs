@@ -378,13 +378,63 @@ pub struct RawSourceStats {
   pub requests: f64,
 }
 
-type LoopTsfn = ThreadsafeFunction<(), (), Vec<RawLoopEvent>, Status, false>;
+
+/// The threadsafe function of a [`BatchCallback`]: called with nothing, it builds its batch in JS.
+type BatchTsfn<R> = ThreadsafeFunction<(), (), Vec<R>, Status, false>;
+
+/// A JS callback that receives events in batches from a native thread, for the event loop and the
+/// page server alike.
+///
+/// `notify` (called on the native thread) schedules one non-blocking call; on the JS thread the
+/// call drains `take(shared)`, maps it and hands the array over. `shared` exists only once the
+/// thread has started, so it is set into `slot` afterwards. Emptying `tsfn` (on close) releases the
+/// threadsafe function, so Node can exit, and breaks the cycle callback -> shared -> notify.
+struct BatchCallback<S, R: napi::bindgen_prelude::ToNapiValue + 'static> {
+  slot: Arc<std::sync::OnceLock<Arc<S>>>,
+  tsfn: Arc<std::sync::Mutex<Option<BatchTsfn<R>>>>,
+}
+
+impl<S: Send + Sync + 'static, R: napi::bindgen_prelude::ToNapiValue + 'static> BatchCallback<S, R> {
+  fn new<E: 'static>(callback: Function<Vec<R>, ()>, take: fn(&S) -> Vec<E>, map: fn(E) -> R) -> Result<Self> {
+    let slot: Arc<std::sync::OnceLock<Arc<S>>> = Arc::new(std::sync::OnceLock::new());
+    let slot_js = slot.clone();
+    let tsfn = callback
+      .build_threadsafe_function::<()>()
+      .callee_handled::<false>()
+      .build_callback(move |_ctx| {
+        let batch = slot_js.get().map(|s| take(s)).unwrap_or_default();
+        Ok(batch.into_iter().map(map).collect::<Vec<_>>())
+      })
+      .map_err(|e| to_napi(ArgError::Invalid(format!("callback: {e}"))))?;
+    Ok(BatchCallback { slot, tsfn: Arc::new(std::sync::Mutex::new(Some(tsfn))) })
+  }
+
+  /// What the native thread calls when a batch is ready.
+  fn notify(&self) -> Box<dyn Fn() + Send + Sync> {
+    let t = self.tsfn.clone();
+    Box::new(move || {
+      if let Some(f) = t.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        f.call((), ThreadsafeFunctionCallMode::NonBlocking);
+      }
+    })
+  }
+
+  /// Connects the callback to the started thread's shared state.
+  fn started(&self, shared: Arc<S>) {
+    let _ = self.slot.set(shared);
+  }
+
+  /// Releases the threadsafe function (Node may exit; no more calls).
+  fn release(&self) {
+    self.tsfn.lock().unwrap_or_else(|p| p.into_inner()).take();
+  }
+}
 
 /// The fast-path event loop (one native thread).
 #[napi]
 pub struct EventLoop {
   handle: LoopHandle,
-  tsfn: Arc<std::sync::Mutex<Option<LoopTsfn>>>,
+  callback: BatchCallback<event_loop::Shared, RawLoopEvent>,
   images: std::collections::HashMap<u32, image::PageImage>,
   next_image: u32,
 }
@@ -424,32 +474,10 @@ impl EventLoop {
   /// Starts the loop thread; `callback` receives batches of events (an array per call).
   #[napi(constructor, ts_args_type = "callback: (events: RawLoopEvent[]) => void")]
   pub fn new(callback: Function<Vec<RawLoopEvent>, ()>) -> Result<EventLoop> {
-    // The slot lets the JS-thread callback reach the outbox, which exists only once the loop has started.
-    let slot: Arc<std::sync::OnceLock<Arc<event_loop::Shared>>> = Arc::new(std::sync::OnceLock::new());
-    let slot_js = slot.clone();
-    let tsfn: LoopTsfn = callback
-      .build_threadsafe_function::<()>()
-      .callee_handled::<false>()
-      .build_callback(move |_ctx| {
-        let batch = match slot_js.get() {
-          Some(s) => s.outbox.take(),
-          None => Vec::new(),
-        };
-        Ok(batch.into_iter().map(loop_event).collect::<Vec<_>>())
-      })
-      .map_err(|e| to_napi(ArgError::Invalid(format!("callback: {e}"))))?;
-    // close() empties this slot: that releases the threadsafe function (so Node can exit) and breaks the
-    // cycle callback -> Shared -> notify -> callback.
-    let tsfn = Arc::new(std::sync::Mutex::new(Some(tsfn)));
-    let t2 = tsfn.clone();
-    let handle = LoopHandle::start(Box::new(move || {
-      if let Some(f) = t2.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-        f.call((), ThreadsafeFunctionCallMode::NonBlocking);
-      }
-    }))
-    .map_err(to_napi)?;
-    let _ = slot.set(handle.shared.clone());
-    Ok(EventLoop { handle, tsfn, images: Default::default(), next_image: 1 })
+    let callback = BatchCallback::new(callback, |s: &event_loop::Shared| s.outbox.take(), loop_event)?;
+    let handle = LoopHandle::start(callback.notify()).map_err(to_napi)?;
+    callback.started(handle.shared.clone());
+    Ok(EventLoop { handle, callback, images: Default::default(), next_image: 1 })
   }
 
   /// Shares a pages image with the loop; returns its image id for tables and `copy`.
@@ -689,7 +717,7 @@ impl EventLoop {
   #[napi]
   pub fn close(&mut self) {
     self.handle.close();
-    self.tsfn.lock().unwrap_or_else(|p| p.into_inner()).take();
+    self.callback.release();
   }
 }
 
@@ -756,13 +784,12 @@ fn ps_event(e: crate::pageserver::Event) -> RawPageServerEvent {
   }
 }
 
-type PsTsfn = ThreadsafeFunction<(), (), Vec<RawPageServerEvent>, Status, false>;
 
 /// The native page-server engine (plain TCP): one thread serving every connection.
 #[napi]
 pub struct NativePageServer {
   handle: Option<crate::pageserver::Handle>,
-  tsfn: Arc<std::sync::Mutex<Option<PsTsfn>>>,
+  callback: BatchCallback<crate::pageserver::Shared, RawPageServerEvent>,
   address: String,
   port: u32,
 }
@@ -796,23 +823,7 @@ impl NativePageServer {
     for p in &catalog {
       cat.add_pid(p.pid, &p.runs).map_err(|m| to_napi(ArgError::Invalid(m)))?;
     }
-    let slot: Arc<std::sync::OnceLock<Arc<pageserver::Shared>>> = Arc::new(std::sync::OnceLock::new());
-    let slot_js = slot.clone();
-    let tsfn: PsTsfn = callback
-      .build_threadsafe_function::<()>()
-      .callee_handled::<false>()
-      .build_callback(move |_ctx| {
-        let batch = match slot_js.get() {
-          Some(s) => s.outbox.take(),
-          None => Vec::new(),
-        };
-        Ok(batch.into_iter().map(ps_event).collect::<Vec<_>>())
-      })
-      .map_err(|e| to_napi(ArgError::Invalid(format!("callback: {e}"))))?;
-    // close() empties this slot: that releases the threadsafe function (so Node can exit) and breaks the
-    // cycle callback -> Shared -> notify -> callback.
-    let tsfn = Arc::new(std::sync::Mutex::new(Some(tsfn)));
-    let t2 = tsfn.clone();
+    let callback = BatchCallback::new(callback, |s: &pageserver::Shared| s.outbox.take(), ps_event)?;
     let opts = pageserver::Options {
       address: options.address,
       port,
@@ -823,16 +834,12 @@ impl NativePageServer {
     let handle = pageserver::start(
       opts,
       cat,
-      Box::new(move || {
-        if let Some(f) = t2.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-          f.call((), ThreadsafeFunctionCallMode::NonBlocking);
-        }
-      }),
+      callback.notify(),
     )
     .map_err(to_napi)?;
-    let _ = slot.set(handle.shared.clone());
+    callback.started(handle.shared.clone());
     let (address, port) = (handle.local.ip().to_string(), handle.local.port() as u32);
-    Ok(NativePageServer { handle: Some(handle), tsfn, address, port })
+    Ok(NativePageServer { handle: Some(handle), callback, address, port })
   }
 
   /// The bound address.
@@ -854,7 +861,7 @@ impl NativePageServer {
     let Some(mut h) = self.handle.take() else { return Vec::new() };
     h.close();
     let rest = h.shared.outbox.take();
-    self.tsfn.lock().unwrap_or_else(|p| p.into_inner()).take();
+    self.callback.release();
     rest.into_iter().map(ps_event).collect()
   }
 }
