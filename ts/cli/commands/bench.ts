@@ -12,7 +12,7 @@ import { z } from 'zod';
 import { DEFAULT_FLOOR_SOURCE, Floor, median } from '../../bench/floor.js';
 import { benchImages } from '../../bench/images-bench.js';
 import { lazyBulk, lazyLatency, type LatencyRun } from '../../bench/lazy.js';
-import { serverProcess } from '../../bench/remote.js';
+import { serverProcess } from '../../bench/page-server-process.js';
 import { Checkpoint, writeSyntheticCheckpoint } from '../../images/index.js';
 import { parseSize, validate } from '../options.js';
 
