@@ -498,13 +498,16 @@ export class EventLoop {
   }
   /**
    * Background transfer: GETs `pages` pages of image process `imagePid` at image address `image` on the
-   * background connection (pipelined within the fetch window), then copies them to `dst` like `copy` (stale
+   * page-server connection (cut into pieces, pipelined within the fetch window), then copies them to `dst` like `copy` (stale
    * gen → `stale`, pieces, EEXIST pages skipped); completes with `done` (`error` if the source fails first).
    */
   fetch(procId: number, reqId: number, gen: number, imagePid: number, image: bigint, pages: number, dst: bigint): void {
     call(() => this.raw.fetch(procId, reqId, gen, imagePid, image, pages, dst));
   }
-  /** Background bytes in flight before further fetches queue locally (default 8 MiB). */
+  /**
+   * Background bytes in flight on the connection before further pieces queue locally (default 128 KiB):
+   * a fault's reply waits behind at most this much background data.
+   */
   setFetchWindow(bytes: number): void {
     call(() => this.raw.setFetchWindow(bytes));
   }

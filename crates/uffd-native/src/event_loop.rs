@@ -33,8 +33,7 @@ pub const DEFAULT_PIECE: u64 = 1 << 20;
 const TOK_WAKE: u64 = 0;
 const TOK_UFFD: u64 = 1;
 const TOK_PIDFD: u64 = 2;
-const TOK_PS_URGENT: u64 = 3;
-const TOK_PS_BG: u64 = 4;
+const TOK_PS: u64 = 3;
 
 fn token(kind: u64, id: u32) -> u64 {
   (kind << 32) | id as u64
@@ -346,8 +345,7 @@ impl Loop {
           TOK_WAKE => self.drain_commands(),
           TOK_UFFD => self.on_uffd(id, flags),
           TOK_PIDFD => self.on_exit(id),
-          TOK_PS_URGENT => self.on_source(true, flags),
-          TOK_PS_BG => self.on_source(false, flags),
+          TOK_PS => self.on_source(flags),
           _ => {}
         }
       }
@@ -666,7 +664,7 @@ impl Loop {
       self.fail_fetches(old.take_fetches());
     }
     let ep = self.ep.as_raw_fd();
-    if let Err(e) = c.attach(ep, token(TOK_PS_URGENT, 0), token(TOK_PS_BG, 0)) {
+    if let Err(e) = c.attach(ep, token(TOK_PS, 0)) {
       c.detach();
       let message = format!("page server {}: cannot watch the connection: {e}", c.name());
       self.shared.source.failed.store(true, Ordering::Relaxed);
@@ -680,7 +678,7 @@ impl Loop {
     self.client = Some(c);
   }
 
-  /// A background fetch from TS: on the background connection (pipelined, windowed), copied when complete.
+  /// A background fetch from TS: cut into pieces on the connection (pipelined, within the window), copied when complete.
   fn fetch(&mut self, f: Fetch) {
     let Some(c) = self.client.as_mut() else {
       // The source failed after JS checked it was connected: the request fails like the ones in flight did.
@@ -728,27 +726,24 @@ impl Loop {
     }
   }
 
-  /// Readiness of a page-server socket. Background reads are bounded to one piece so faults (uffd and the
-  /// urgent socket) are polled again in between.
-  fn on_source(&mut self, urgent: bool, flags: u32) {
+  /// Readiness of the page-server socket. Background reads are bounded to one piece so faults (uffd events)
+  /// are polled again in between; fault replies are read at once and copied in.
+  fn on_source(&mut self, flags: u32) {
     let Some(mut c) = self.client.take() else { return };
     let mut res = Ok(());
     if flags & libc::EPOLLOUT as u32 != 0 {
-      res = c.writable(urgent);
+      res = c.writable();
     }
     if res.is_ok() && flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
-      res = if urgent {
-        c.read_urgent(&mut |req, page| self.on_remote_page(req, page))
-      } else {
-        let budget = self.piece as usize;
-        let stats = &self.shared.source;
-        let background = &mut self.background;
-        c.read_background(budget, stats, &mut |f| {
-          let len = f.pages * PAGE;
-          let Some(buf) = f.buf else { return };
-          background.push_back(Job::new(f.proc_id, f.req_id, f.gen, Source::Fetched(buf), f.dst, len, false));
-        })
-      };
+      let budget = self.piece as usize;
+      let mut fetched = Vec::new();
+      let shared = Arc::clone(&self.shared);
+      res = c.read(budget, &shared.source, &mut |req, page| self.on_remote_page(req, page), &mut |f| fetched.push(f));
+      for f in fetched {
+        let len = f.pages * PAGE;
+        let Some(buf) = f.buf else { continue };
+        self.background.push_back(Job::new(f.proc_id, f.req_id, f.gen, Source::Fetched(buf), f.dst, len, false));
+      }
     }
     self.client = Some(c);
     if let Err(m) = res {

@@ -622,10 +622,10 @@ impl EventLoop {
     })
   }
 
-  /// Connects the loop thread to a CRIU page server over plain TCP (two connections, TCP_NODELAY): faults in
+  /// Connects the loop thread to a CRIU page server over plain TCP (one connection, TCP_NODELAY, as CRIU's page servers accept): faults in
   /// remote table entries (5th word = image pid, non-zero) are then served natively, and `fetch` works.
-  /// Connecting blocks this call for at most `timeoutMs` per connection; failures throw `EPAGESERVER`
-  /// naming address:port. `timeoutMs` is also the longest a request may go without progress.
+  /// Connecting blocks this call for at most `timeoutMs`; failures throw `EPAGESERVER` naming
+  /// address:port. `timeoutMs` is also the longest one reply may take, from when it is awaited to its last byte.
   #[napi]
   pub fn connect_page_server(&self, address: String, port: u32, timeout_ms: u32) -> Result<()> {
     self.live()?;

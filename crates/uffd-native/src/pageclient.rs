@@ -1,11 +1,13 @@
 //! The native page-server client, driven by the event-loop thread (plain TCP; TLS stays in TS).
 //!
-//! Two connections, because replies come strictly in order per connection: a fault's one-page GET on the
-//! URGENT connection never waits behind megabytes of background data already queued on the BACKGROUND one.
-//! Everything is non-blocking; the loop calls in when epoll says a socket is readable/writable, and this
-//! module hands completed replies back through callbacks. Replies are read straight into page-aligned
-//! buffers (one reused page for faults, pooled buffers for background fetches) so the only copy of the
-//! data after the kernel's socket buffer is UFFDIO_COPY itself.
+//! ONE connection, because CRIU's page servers (`criu dump --lazy-pages`, `criu page-server --lazy-pages`)
+//! accept exactly one and end the session when it closes. Replies come strictly in order on it, so a
+//! fault's one-page GET waits behind every background byte already requested: the background is therefore
+//! cut into small pieces and only a small window of them is on the wire at once (`set_window`), so a fault
+//! waits behind at most about one piece. Everything is non-blocking; the loop calls in when epoll says the
+//! socket is readable/writable, and this module hands completed replies back through callbacks. Replies are
+//! read straight into page-aligned buffers (one reused page for faults, pooled buffers for background
+//! fetches) so the only copy of the data after the kernel's socket buffer is UFFDIO_COPY itself.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -19,8 +21,11 @@ use crate::pagebuf::{PageBuf, Pool};
 use crate::pagewire::{check_reply, Header, HDR};
 use crate::table::PAGE;
 
-/// Default limit of background bytes requested but not yet received.
-pub const DEFAULT_WINDOW: u64 = 8 << 20;
+/// Default limit of background bytes requested but not yet received: two pieces, so the server always has
+/// the next piece to send while the client copies one, and a fault's reply queues behind at most that.
+pub const DEFAULT_WINDOW: u64 = 128 << 10;
+/// Largest background GET (a fetch from TS is cut into GETs of at most this).
+pub const DEFAULT_PIECE: u64 = 64 << 10;
 
 /// Counters of the page source, readable from JS without touching the loop thread.
 #[derive(Debug, Default)]
@@ -31,7 +36,7 @@ pub struct SourceStats {
   pub faults_served: AtomicU64,
   /// Background reply bytes received.
   pub fetch_bytes: AtomicU64,
-  /// GET requests sent (both connections, follow-ups included).
+  /// GET requests sent (follow-ups included).
   pub requests: AtomicU64,
 }
 
@@ -93,8 +98,10 @@ impl Fetch {
   }
 }
 
-/// One GET on the background wire (a fetch needs several when the server replies short).
-struct Wire {
+/// One GET on the background wire (a fetch needs several: it is cut into pieces, and the server may reply
+/// short).
+#[derive(Clone, Copy)]
+struct Piece {
   fetch: u64,
   pid: u32,
   vaddr: u64,
@@ -103,15 +110,24 @@ struct Wire {
   page0: u64,
 }
 
-/// Data of the current background reply still to read.
-struct Cur {
-  fetch: u64,
-  off: usize,
-  left: usize,
-  pages: u64,
+/// A request on the wire, in the order the replies will come.
+#[derive(Clone, Copy)]
+enum Sent {
+  Fault(UrgentReq),
+  Piece(Piece),
 }
 
-/// One non-blocking TCP connection: pending output and epoll interest.
+/// The reply being read.
+enum Reading {
+  /// Its header (`have` bytes of it so far).
+  Header { have: usize },
+  /// A fault's page (`have` bytes of it so far).
+  Fault { req: UrgentReq, have: usize },
+  /// Background data: `left` bytes still to come into the fetch's buffer at `off`.
+  Piece { fetch: u64, off: usize, left: usize, pages: u64 },
+}
+
+/// The one non-blocking TCP connection: pending output and epoll interest.
 struct Conn {
   fd: OwnedFd,
   ep: RawFd,
@@ -119,12 +135,19 @@ struct Conn {
   out: Vec<u8>,
   out_off: usize,
   pollout: bool,
-  last_progress: Instant,
-  name: &'static str,
 }
 
 fn errno() -> std::io::Error {
   std::io::Error::last_os_error()
+}
+
+/// What a read of the connection gave.
+enum Got {
+  Bytes(usize),
+  /// EAGAIN: nothing more now.
+  Nothing,
+  /// The server closed the connection.
+  Eof,
 }
 
 impl Conn {
@@ -182,13 +205,14 @@ impl Conn {
       match e.raw_os_error() {
         Some(libc::EINTR) => continue,
         Some(libc::EAGAIN) => return Ok(0),
-        _ => return Err(format!("{} connection: send failed: {e}", self.name)),
+        _ => return Err(format!("send failed: {e}")),
       }
     }
   }
 
   fn set_pollout(&mut self, on: bool) {
-    if self.pollout == on {
+    if self.pollout == on || self.ep < 0 {
+      self.pollout = on;
       return;
     }
     self.pollout = on;
@@ -198,25 +222,29 @@ impl Conn {
     unsafe { libc::epoll_ctl(self.ep, libc::EPOLL_CTL_MOD, self.raw(), &mut ev) };
   }
 
-  /// Reads into `buf`: Ok(Some(n>0)), Ok(None) on EAGAIN, Err on EOF or error.
-  fn read_into(&mut self, buf: &mut [u8], what: impl Fn() -> String) -> Result<Option<usize>, String> {
+  /// Reads into the given buffers (one readv): a fault's reply header and page arrive in one syscall.
+  fn readv(&mut self, iov: &mut [libc::iovec]) -> Result<Got, String> {
     loop {
-      // SAFETY: reads into a live, writable slice of exactly `buf.len()` bytes.
-      let n = unsafe { libc::read(self.raw(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+      // SAFETY: the caller passes iovecs describing live, writable memory it owns exclusively.
+      let n = unsafe { libc::readv(self.raw(), iov.as_mut_ptr(), iov.len() as i32) };
       if n > 0 {
-        self.last_progress = Instant::now();
-        return Ok(Some(n as usize));
+        return Ok(Got::Bytes(n as usize));
       }
       if n == 0 {
-        return Err(format!("the server closed the {} connection{}", self.name, what()));
+        return Ok(Got::Eof);
       }
       let e = errno();
       match e.raw_os_error() {
         Some(libc::EINTR) => continue,
-        Some(libc::EAGAIN) => return Ok(None),
-        _ => return Err(format!("{} connection: read failed: {e}", self.name)),
+        Some(libc::EAGAIN) => return Ok(Got::Nothing),
+        _ => return Err(format!("read failed: {e}")),
       }
     }
+  }
+
+  fn read_into(&mut self, buf: &mut [u8]) -> Result<Got, String> {
+    let mut iov = [libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() }];
+    self.readv(&mut iov)
   }
 }
 
@@ -224,25 +252,27 @@ impl Conn {
 pub struct PageClient {
   name: String,
   timeout: Duration,
-  urgent: Conn,
-  bg: Conn,
-  /// Faults whose GET is on the urgent wire, in order.
-  ufifo: VecDeque<UrgentReq>,
-  uhdr: [u8; HDR],
-  uhdr_have: usize,
-  uhdr_checked: bool,
-  udata_have: usize,
-  /// The one page urgent replies are read into (a fault's copy finishes before the next reply is read).
+  conn: Conn,
+  /// Requests on the wire, in reply order; the front one's reply is being read.
+  sent: VecDeque<Sent>,
+  /// Since when the front request's reply has been awaited: each reply must be complete within the
+  /// timeout of that (a server trickling a byte at a time cannot hold a fault forever).
+  front_since: Instant,
+  faults_sent: usize,
+  reading: Reading,
+  hdr: [u8; HDR],
+  /// The one page fault replies are read into (a fault's copy finishes before the next reply is read).
   page: PageBuf,
   fetches: HashMap<u64, Fetch>,
   next_fetch: u64,
+  /// Fetches from TS not yet cut into pieces (they hold no memory).
   queued: VecDeque<Fetch>,
-  wire: VecDeque<Wire>,
-  bhdr: [u8; HDR],
-  bhdr_have: usize,
-  cur: Option<Cur>,
-  outstanding: u64,
+  /// Pieces cut but not yet sent (of at most one fetch, plus follow-ups of short replies).
+  pieces: VecDeque<Piece>,
+  /// Background bytes requested and not yet received.
+  on_wire: u64,
   window: u64,
+  piece_pages: u64,
   pool: Pool,
 }
 
@@ -264,45 +294,41 @@ fn connect_one(name: &str, address: &str, port: u16, timeout: Duration) -> Resul
   Err(ConnectError::Connect(name.into(), last))
 }
 
+fn unanswered(n: usize) -> String {
+  if n > 0 {
+    format!(" with {n} request(s) unanswered")
+  } else {
+    String::new()
+  }
+}
+
 impl PageClient {
-  /// Opens both connections (blocking, at most `timeout` each) on the calling thread, so a refused or
-  /// unreachable server is an error of the `connectPageServer` call itself.
+  /// Opens the connection (blocking, at most `timeout`) on the calling thread, so a refused or unreachable
+  /// server is an error of the `connectPageServer` call itself.
   pub fn connect(address: &str, port: u16, timeout: Duration) -> Result<PageClient, ConnectError> {
     let name = if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") };
-    let u = connect_one(&name, address, port, timeout)?;
-    let b = connect_one(&name, address, port, timeout)?;
-    let conn = |fd, name| Conn {
-      fd,
-      ep: -1,
-      tok: 0,
-      out: Vec::new(),
-      out_off: 0,
-      pollout: false,
-      last_progress: Instant::now(),
-      name,
-    };
-    Ok(PageClient {
+    let fd = connect_one(&name, address, port, timeout)?;
+    let mut c = PageClient {
       name,
       timeout,
-      urgent: conn(u, "urgent"),
-      bg: conn(b, "background"),
-      ufifo: VecDeque::with_capacity(64),
-      uhdr: [0; HDR],
-      uhdr_have: 0,
-      uhdr_checked: false,
-      udata_have: 0,
+      conn: Conn { fd, ep: -1, tok: 0, out: Vec::new(), out_off: 0, pollout: false },
+      sent: VecDeque::with_capacity(64),
+      front_since: Instant::now(),
+      faults_sent: 0,
+      reading: Reading::Header { have: 0 },
+      hdr: [0; HDR],
       page: PageBuf::new(PAGE as usize),
       fetches: HashMap::new(),
       next_fetch: 1,
       queued: VecDeque::new(),
-      wire: VecDeque::new(),
-      bhdr: [0; HDR],
-      bhdr_have: 0,
-      cur: None,
-      outstanding: 0,
-      window: DEFAULT_WINDOW,
-      pool: Pool::new(2 * DEFAULT_WINDOW as usize),
-    })
+      pieces: VecDeque::new(),
+      on_wire: 0,
+      window: 0,
+      piece_pages: 1,
+      pool: Pool::new(0),
+    };
+    c.set_window(DEFAULT_WINDOW);
+    Ok(c)
   }
 
   /// `address:port`, for messages.
@@ -310,53 +336,65 @@ impl PageClient {
     &self.name
   }
 
-  /// Registers both sockets with the loop's epoll under the given tokens.
-  pub fn attach(&mut self, ep: RawFd, urgent_tok: u64, bg_tok: u64) -> std::io::Result<()> {
-    for (c, tok) in [(&mut self.urgent, urgent_tok), (&mut self.bg, bg_tok)] {
-      c.ep = ep;
-      c.tok = tok;
-      let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: tok };
-      // SAFETY: `ev` is valid for the call; both fds are open.
-      if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, c.raw(), &mut ev) } != 0 {
-        return Err(errno());
-      }
+  /// Registers the socket with the loop's epoll under the given token.
+  pub fn attach(&mut self, ep: RawFd, tok: u64) -> std::io::Result<()> {
+    self.conn.ep = ep;
+    self.conn.tok = tok;
+    let events = libc::EPOLLIN | if self.conn.pollout { libc::EPOLLOUT } else { 0 };
+    let mut ev = libc::epoll_event { events: events as u32, u64: tok };
+    // SAFETY: `ev` is valid for the call; the fd is open.
+    if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, self.conn.raw(), &mut ev) } != 0 {
+      return Err(errno());
     }
     Ok(())
   }
 
-  /// Unregisters both sockets (before dropping the client).
+  /// Unregisters the socket (before dropping the client).
   pub fn detach(&mut self) {
-    for c in [&self.urgent, &self.bg] {
-      if c.ep >= 0 {
-        // SAFETY: removing our own fd from the loop's epoll; an error (not registered) is irrelevant.
-        unsafe { libc::epoll_ctl(c.ep, libc::EPOLL_CTL_DEL, c.raw(), std::ptr::null_mut()) };
-      }
+    if self.conn.ep >= 0 {
+      // SAFETY: removing our own fd from the loop's epoll; an error (not registered) is irrelevant.
+      unsafe { libc::epoll_ctl(self.conn.ep, libc::EPOLL_CTL_DEL, self.conn.raw(), std::ptr::null_mut()) };
+      self.conn.ep = -1;
     }
   }
 
-  /// Background window (bytes requested but not received before further fetches queue locally).
+  /// Background window: bytes requested but not yet received. A fault's reply waits behind at most this
+  /// much, so it is kept small; GETs are pieces of at most half of it (and at most DEFAULT_PIECE) so the
+  /// server always has the next piece while the client takes one.
   pub fn set_window(&mut self, bytes: u64) {
     self.window = bytes.max(PAGE);
-    self.pool.set_limit(2 * self.window as usize);
+    self.piece_pages = (self.window / 2).clamp(PAGE, DEFAULT_PIECE) / PAGE;
+    self.pool.set_limit(2 * self.window as usize + 4 * DEFAULT_PIECE as usize);
   }
 
   /// True while a fault's page is on its way (the faulting thread is frozen until it arrives).
   pub fn urgent_outstanding(&self) -> bool {
-    !self.ufifo.is_empty()
+    self.faults_sent > 0
+  }
+
+  fn push(&mut self, s: Sent, stats: &SourceStats) -> Result<(), String> {
+    let h = match s {
+      Sent::Fault(r) => Header::get(r.pid, r.image, 1),
+      Sent::Piece(p) => Header::get(p.pid, p.vaddr, p.pages),
+    };
+    self.conn.send(&h.encode())?;
+    if self.sent.is_empty() {
+      self.front_since = Instant::now();
+    }
+    self.sent.push_back(s);
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    Ok(())
   }
 
   /// Sends the GET for a fault unless the same page (same process, generation) is already requested: the
   /// copy for the first fault wakes every thread waiting on the page. Returns true if a GET went out.
   pub fn request_page(&mut self, r: UrgentReq, stats: &SourceStats) -> Result<bool, String> {
-    if self.ufifo.iter().any(|q| q.proc_id == r.proc_id && q.live == r.live && q.gen == r.gen) {
+    let same = |s: &Sent| matches!(s, Sent::Fault(q) if q.proc_id == r.proc_id && q.live == r.live && q.gen == r.gen);
+    if self.faults_sent > 0 && self.sent.iter().any(same) {
       return Ok(false);
     }
-    if self.ufifo.is_empty() {
-      self.urgent.last_progress = Instant::now();
-    }
-    self.urgent.send(&Header::get(r.pid, r.image, 1).encode())?;
-    self.ufifo.push_back(r);
-    stats.requests.fetch_add(1, Ordering::Relaxed);
+    self.push(Sent::Fault(r), stats)?;
+    self.faults_sent += 1;
     Ok(true)
   }
 
@@ -366,200 +404,206 @@ impl PageClient {
     self.pump(stats)
   }
 
+  /// Sends background pieces while the window has room, cutting the next fetch when the pieces run out.
   fn pump(&mut self, stats: &SourceStats) -> Result<(), String> {
-    while let Some(f) = self.queued.front() {
-      let bytes = f.pages * PAGE;
-      if self.outstanding > 0 && self.outstanding + bytes > self.window {
-        break;
-      }
-      let mut f = self.queued.pop_front().expect("front exists");
-      f.buf = Some(self.pool.get(bytes as usize));
-      let id = self.next_fetch;
-      self.next_fetch += 1;
-      self.send_bg(Wire { fetch: id, pid: f.pid, vaddr: f.image, pages: f.pages, page0: 0 }, stats)?;
-      self.outstanding += bytes;
-      self.fetches.insert(id, f);
-    }
-    Ok(())
-  }
-
-  fn send_bg(&mut self, w: Wire, stats: &SourceStats) -> Result<(), String> {
-    if self.wire.is_empty() {
-      self.bg.last_progress = Instant::now();
-    }
-    self.bg.send(&Header::get(w.pid, w.vaddr, w.pages).encode())?;
-    self.wire.push_back(w);
-    stats.requests.fetch_add(1, Ordering::Relaxed);
-    Ok(())
-  }
-
-  /// EPOLLOUT on one of the connections.
-  pub fn writable(&mut self, urgent: bool) -> Result<(), String> {
-    if urgent {
-      self.urgent.flush()
-    } else {
-      self.bg.flush()
-    }
-  }
-
-  /// Reads every complete urgent reply available; `on_page(req, page)` gets each (the page pointer is valid
-  /// for the call only). Errors are the source failing.
-  pub fn read_urgent(&mut self, on_page: &mut dyn FnMut(&UrgentReq, *const u8)) -> Result<(), String> {
     loop {
-      let pending = self.ufifo.len();
-      let mut iov = [
-        libc::iovec {
-          // SAFETY: the header buffer has HDR bytes; uhdr_have <= HDR, so this stays in bounds (len may be 0).
-          iov_base: unsafe { self.uhdr.as_mut_ptr().add(self.uhdr_have) } as *mut libc::c_void,
-          iov_len: HDR - self.uhdr_have,
-        },
-        libc::iovec {
-          // SAFETY: the page buffer has PAGE bytes; udata_have <= PAGE.
-          iov_base: unsafe { (self.page.as_ptr() as *mut u8).add(self.udata_have) } as *mut libc::c_void,
-          iov_len: PAGE as usize - self.udata_have,
-        },
-      ];
-      // One readv takes header and page together: one syscall per fault reply in the common case.
-      // SAFETY: both iovecs describe live, writable memory owned by `self` (no other reference exists while
-      // `&mut self` is held).
-      let n = unsafe { libc::readv(self.urgent.raw(), iov.as_mut_ptr(), 2) };
-      if n == 0 {
-        return Err(format!(
-          "the server closed the urgent connection{}",
-          if pending > 0 { format!(" with {pending} request(s) unanswered") } else { String::new() }
-        ));
-      }
-      if n < 0 {
-        let e = errno();
-        match e.raw_os_error() {
-          Some(libc::EINTR) => continue,
-          Some(libc::EAGAIN) => return Ok(()),
-          _ => return Err(format!("urgent connection: read failed: {e}")),
+      if self.pieces.is_empty() {
+        let Some(mut f) = self.queued.pop_front() else { return Ok(()) };
+        f.buf = Some(self.pool.get((f.pages * PAGE) as usize));
+        let id = self.next_fetch;
+        self.next_fetch += 1;
+        let mut page0 = 0;
+        while page0 < f.pages {
+          let pages = self.piece_pages.min(f.pages - page0);
+          self.pieces.push_back(Piece { fetch: id, pid: f.pid, vaddr: f.image + page0 * PAGE, pages, page0 });
+          page0 += pages;
         }
+        self.fetches.insert(id, f);
       }
-      let n = n as usize;
-      self.urgent.last_progress = Instant::now();
-      let Some(req) = self.ufifo.front().copied() else {
-        return Err(format!("{n} unexpected bytes on the urgent connection (no request outstanding)"));
-      };
-      let h = n.min(HDR - self.uhdr_have);
-      self.uhdr_have += h;
-      self.udata_have += n - h;
-      if self.uhdr_have == HDR && !self.uhdr_checked {
-        check_reply(&Header::decode(&self.uhdr), req.pid, req.image, 1)?;
-        self.uhdr_checked = true;
+      let p = *self.pieces.front().expect("not empty");
+      let bytes = p.pages * PAGE;
+      if self.on_wire > 0 && self.on_wire + bytes > self.window {
+        return Ok(());
       }
-      if self.udata_have == PAGE as usize {
-        self.ufifo.pop_front();
-        self.uhdr_have = 0;
-        self.udata_have = 0;
-        self.uhdr_checked = false;
-        on_page(&req, self.page.as_ptr());
-      }
+      self.pieces.pop_front();
+      self.push(Sent::Piece(p), stats)?;
+      self.on_wire += bytes;
     }
   }
 
-  /// Reads at most `budget` bytes of background data (then the loop polls faults again); each fetch whose
-  /// pages have all arrived goes to `on_done`. Short replies are followed up here.
-  pub fn read_background(
+  /// EPOLLOUT on the connection.
+  pub fn writable(&mut self) -> Result<(), String> {
+    self.conn.flush()
+  }
+
+  /// The front request's reply is complete.
+  fn pop_front(&mut self) {
+    if let Some(Sent::Fault(_)) = self.sent.pop_front() {
+      self.faults_sent -= 1;
+    }
+    self.reading = Reading::Header { have: 0 };
+    self.front_since = Instant::now();
+  }
+
+  /// Reads what the connection has: each fault's page goes to `on_page(req, page)` (the pointer is valid
+  /// for the call only), each fetch whose pages have all arrived to `on_done`. At most `budget` bytes of
+  /// background data are read per call (then the loop looks at faults again); fault replies are always read.
+  /// Errors are the source failing.
+  pub fn read(
     &mut self,
     budget: usize,
     stats: &SourceStats,
+    on_page: &mut dyn FnMut(&UrgentReq, *const u8),
     on_done: &mut dyn FnMut(Fetch),
   ) -> Result<(), String> {
-    let mut used = 0usize;
-    let res = self.read_background_inner(budget, &mut used, stats, on_done);
+    let res = self.read_inner(budget, stats, on_page, on_done);
     // Received bytes opened the window: send what waited (also after EAGAIN).
     res.and_then(|_| self.pump(stats))
   }
 
-  fn read_background_inner(
+  fn read_inner(
     &mut self,
     budget: usize,
-    used: &mut usize,
     stats: &SourceStats,
+    on_page: &mut dyn FnMut(&UrgentReq, *const u8),
     on_done: &mut dyn FnMut(Fetch),
   ) -> Result<(), String> {
-    while *used < budget {
-      let Some(cur) = self.cur.as_mut() else {
-        let pending = self.wire.len();
-        let what = move || if pending > 0 { format!(" with {pending} request(s) unanswered") } else { String::new() };
-        let have = self.bhdr_have;
-        let Some(n) = self.bg.read_into(&mut self.bhdr[have..], what)? else { return Ok(()) };
-        let Some(w) = self.wire.front() else {
-          return Err(format!("{n} unexpected bytes on the background connection (no request outstanding)"));
-        };
-        self.bhdr_have += n;
-        *used += n;
-        if self.bhdr_have < HDR {
-          continue;
+    let mut used = 0usize;
+    loop {
+      match self.reading {
+        Reading::Header { have } => {
+          let front = self.sent.front().copied();
+          let got = match front {
+            None => match self.conn.read_into(&mut self.hdr[have..])? {
+              Got::Nothing => return Ok(()),
+              Got::Eof => return Err("the server closed the connection".into()),
+              Got::Bytes(n) => return Err(format!("{n} unexpected bytes from the server (no request outstanding)")),
+            },
+            Some(Sent::Fault(_)) => {
+              let mut iov = [
+                libc::iovec {
+                  // SAFETY: `have` < HDR, so the pointer stays inside the header buffer.
+                  iov_base: unsafe { self.hdr.as_mut_ptr().add(have) } as *mut libc::c_void,
+                  iov_len: HDR - have,
+                },
+                libc::iovec { iov_base: self.page.as_ptr() as *mut libc::c_void, iov_len: PAGE as usize },
+              ];
+              self.conn.readv(&mut iov)?
+            }
+            Some(Sent::Piece(_)) => {
+              if used >= budget {
+                return Ok(());
+              }
+              self.conn.read_into(&mut self.hdr[have..])?
+            }
+          };
+          let n = match got {
+            Got::Nothing => return Ok(()),
+            Got::Eof => return Err(format!("the server closed the connection{}", unanswered(self.sent.len()))),
+            Got::Bytes(n) => n,
+          };
+          let h = n.min(HDR - have);
+          if have + h < HDR {
+            self.reading = Reading::Header { have: have + h };
+            continue;
+          }
+          let hdr = Header::decode(&self.hdr);
+          match front.expect("a request is outstanding") {
+            Sent::Fault(req) => {
+              check_reply(&hdr, req.pid, req.image, 1)?;
+              self.reading = Reading::Fault { req, have: n - h };
+            }
+            Sent::Piece(p) => {
+              used += n;
+              let got = check_reply(&hdr, p.pid, p.vaddr, p.pages)?;
+              if got < p.pages {
+                // A short reply (the server clamps at the end of a contiguous range): ask for the rest next.
+                self.on_wire = self.on_wire.saturating_sub((p.pages - got) * PAGE);
+                let rest = Piece { vaddr: p.vaddr + got * PAGE, pages: p.pages - got, page0: p.page0 + got, ..p };
+                self.pieces.push_front(rest);
+              }
+              self.reading = Reading::Piece { fetch: p.fetch, off: (p.page0 * PAGE) as usize, left: (got * PAGE) as usize, pages: got };
+            }
+          }
         }
-        self.bhdr_have = 0;
-        let got = check_reply(&Header::decode(&self.bhdr), w.pid, w.vaddr, w.pages)?;
-        let w = self.wire.pop_front().expect("front exists");
-        if got < w.pages {
-          let rest = Wire { fetch: w.fetch, pid: w.pid, vaddr: w.vaddr + got * PAGE, pages: w.pages - got, page0: w.page0 + got };
-          self.send_bg(rest, stats)?;
+        Reading::Fault { req, have } => {
+          if have < PAGE as usize {
+            // SAFETY: the page buffer has PAGE bytes and `have` < PAGE.
+            let rest = unsafe { std::slice::from_raw_parts_mut((self.page.as_ptr() as *mut u8).add(have), PAGE as usize - have) };
+            match self.conn.read_into(rest)? {
+              Got::Nothing => return Ok(()),
+              Got::Eof => return Err(format!("the server closed the connection in the middle of a reply{}", unanswered(self.sent.len()))),
+              Got::Bytes(n) => self.reading = Reading::Fault { req, have: have + n },
+            }
+            continue;
+          }
+          self.pop_front();
+          on_page(&req, self.page.as_ptr());
         }
-        self.cur = Some(Cur { fetch: w.fetch, off: (w.page0 * PAGE) as usize, left: (got * PAGE) as usize, pages: got });
-        continue;
-      };
-      let Some(f) = self.fetches.get_mut(&cur.fetch) else {
-        return Err("internal: a reply for a fetch that no longer exists".into());
-      };
-      let Some(buf) = f.buf.as_mut() else {
-        return Err("internal: a fetch on the wire without a buffer".into());
-      };
-      let take = cur.left.min(budget - *used).max(1);
-      let dst = buf.slice_mut(cur.off, take);
-      let Some(n) = self.bg.read_into(dst, || " in the middle of a reply".to_string())? else { return Ok(()) };
-      cur.off += n;
-      cur.left -= n;
-      *used += n;
-      self.outstanding = self.outstanding.saturating_sub(n as u64);
-      stats.fetch_bytes.fetch_add(n as u64, Ordering::Relaxed);
-      if cur.left == 0 {
-        f.received += cur.pages;
-        let (id, done) = (cur.fetch, f.received >= f.pages);
-        self.cur = None;
-        if done {
-          let f = self.fetches.remove(&id).expect("present");
-          on_done(f);
+        Reading::Piece { fetch, off, left, pages } => {
+          if left > 0 {
+            if used >= budget {
+              return Ok(());
+            }
+            let Some(f) = self.fetches.get_mut(&fetch) else {
+              return Err("internal: a reply for a fetch that no longer exists".into());
+            };
+            let Some(buf) = f.buf.as_mut() else {
+              return Err("internal: a fetch on the wire without a buffer".into());
+            };
+            let take = left.min(budget - used);
+            let n = match self.conn.read_into(buf.slice_mut(off, take))? {
+              Got::Nothing => return Ok(()),
+              Got::Eof => {
+                return Err(format!("the server closed the connection in the middle of a reply{}", unanswered(self.sent.len())))
+              }
+              Got::Bytes(n) => n,
+            };
+            used += n;
+            self.on_wire = self.on_wire.saturating_sub(n as u64);
+            stats.fetch_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            self.reading = Reading::Piece { fetch, off: off + n, left: left - n, pages };
+            continue;
+          }
+          self.pop_front();
+          let Some(f) = self.fetches.get_mut(&fetch) else {
+            return Err("internal: a reply for a fetch that no longer exists".into());
+          };
+          f.received += pages;
+          if f.received >= f.pages {
+            let f = self.fetches.remove(&fetch).expect("present");
+            on_done(f);
+          }
         }
       }
     }
-    Ok(())
   }
 
-  /// When a connection with requests outstanding last made progress + the timeout.
+  /// When the front request's reply is due (None: nothing outstanding).
   pub fn deadline(&self) -> Option<Instant> {
-    let u = (!self.ufifo.is_empty()).then(|| self.urgent.last_progress + self.timeout);
-    let b = (!self.wire.is_empty()).then(|| self.bg.last_progress + self.timeout);
-    match (u, b) {
-      (Some(a), Some(b)) => Some(a.min(b)),
-      (a, b) => a.or(b),
-    }
+    (!self.sent.is_empty()).then(|| self.front_since + self.timeout)
   }
 
-  /// The stall message if a deadline has passed.
+  /// The stall message if the deadline has passed.
   pub fn check_stall(&self, now: Instant) -> Result<(), String> {
-    let ms = self.timeout.as_millis();
-    if !self.ufifo.is_empty() && now >= self.urgent.last_progress + self.timeout {
-      return Err(format!("no reply on the urgent connection for {ms} ms ({} request(s) outstanding)", self.ufifo.len()));
+    match self.deadline() {
+      Some(d) if now >= d => Err(format!(
+        "no complete reply for {} ms ({} request(s) outstanding)",
+        self.timeout.as_millis(),
+        self.sent.len()
+      )),
+      _ => Ok(()),
     }
-    if !self.wire.is_empty() && now >= self.bg.last_progress + self.timeout {
-      return Err(format!("no reply on the background connection for {ms} ms ({} request(s) outstanding)", self.wire.len()));
-    }
-    Ok(())
   }
 
   /// Takes every fetch not yet completed (queued or on the wire): the source failed or is being replaced.
   pub fn take_fetches(&mut self) -> Vec<Fetch> {
     let mut all: Vec<Fetch> = self.queued.drain(..).collect();
     all.extend(self.fetches.drain().map(|(_, f)| f));
-    self.wire.clear();
-    self.cur = None;
-    self.outstanding = 0;
+    self.sent.retain(|s| matches!(s, Sent::Fault(_)));
+    self.pieces.clear();
+    self.reading = Reading::Header { have: 0 };
+    self.on_wire = 0;
     all
   }
 
@@ -568,14 +612,97 @@ impl PageClient {
     self.pool.put(b);
   }
 
-  /// Sends CLOSE on both connections, best effort and without blocking (the status reply is not awaited:
-  /// the loop is shutting down).
+  /// Sends CLOSE, best effort and without blocking (the status reply is not awaited: the loop is shutting
+  /// down).
   pub fn close_best_effort(&mut self) {
-    let close = Header::close().encode();
-    for c in [&mut self.urgent, &mut self.bg] {
-      if c.out_off >= c.out.len() {
-        let _ = c.write_some(&close);
-      }
+    if self.conn.out_off >= self.conn.out.len() {
+      let _ = self.conn.write_some(&Header::close().encode());
     }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use std::io::{Read, Write};
+  use std::net::TcpListener;
+
+  fn reply(pid: u32, vaddr: u64, pages: u64, fill: u8) -> Vec<u8> {
+    let mut v = Header { cmd: crate::pagewire::REPLY_CMD, nr_pages: pages, vaddr, dst_id: pid as u64 }.encode().to_vec();
+    v.extend(std::iter::repeat(fill).take((pages * PAGE) as usize));
+    v
+  }
+
+  /// Reads until `want` is satisfied or 2 s pass.
+  fn drive(c: &mut PageClient, stats: &SourceStats, want: impl Fn(&[(u64, u8)], &[u64]) -> bool) -> (Vec<(u64, u8)>, Vec<u64>) {
+    let (mut pages, mut done) = (Vec::new(), Vec::new());
+    let t0 = Instant::now();
+    while !want(&pages, &done) && t0.elapsed() < Duration::from_secs(2) {
+      // SAFETY: `p` points at the client's page buffer, valid for the callback.
+      c.read(1 << 20, stats, &mut |r, p| pages.push((r.live, unsafe { *p })), &mut |f| done.push(f.image)).unwrap();
+    }
+    (pages, done)
+  }
+
+  #[test]
+  fn one_connection_carries_faults_and_pieces_in_order() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let stats = SourceStats::default();
+    let mut c = PageClient::connect("127.0.0.1", port, Duration::from_secs(2)).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    // A second connection would be the bug CRIU's one-connection servers refuse.
+    l.set_nonblocking(true).unwrap();
+    c.enqueue(Fetch::new(1, 1, 0, 9, 0x10000, 40, 0x90000), &stats).unwrap();
+    c.request_page(UrgentReq { proc_id: 1, gen: 0, live: 0x5000, image: 0x5000, pid: 9 }, &stats).unwrap();
+    // Window 128 KiB: two 16-page pieces went out, then the fault.
+    let mut req = [0u8; 3 * HDR];
+    s.read_exact(&mut req).unwrap();
+    let hs: Vec<Header> = req.chunks(HDR).map(|b| Header::decode(b.try_into().unwrap())).collect();
+    assert_eq!((hs[0].vaddr, hs[0].nr_pages), (0x10000, 16));
+    assert_eq!((hs[1].vaddr, hs[1].nr_pages), (0x20000, 16));
+    assert_eq!((hs[2].vaddr, hs[2].nr_pages), (0x5000, 1));
+    // First piece answered short (10 of 16 pages): the rest is asked for again.
+    s.write_all(&reply(9, 0x10000, 10, 1)).unwrap();
+    s.write_all(&reply(9, 0x20000, 16, 2)).unwrap();
+    s.write_all(&reply(9, 0x5000, 1, 7)).unwrap();
+    let (pages, _) = drive(&mut c, &stats, |p, _| !p.is_empty());
+    assert_eq!(pages, vec![(0x5000, 7)]);
+    assert!(!c.urgent_outstanding());
+    let mut more = [0u8; 2 * HDR];
+    s.read_exact(&mut more).unwrap();
+    let hs: Vec<Header> = more.chunks(HDR).map(|b| Header::decode(b.try_into().unwrap())).collect();
+    assert_eq!((hs[0].vaddr, hs[0].nr_pages), (0x1a000, 6));
+    assert_eq!((hs[1].vaddr, hs[1].nr_pages), (0x30000, 8));
+    s.write_all(&reply(9, 0x1a000, 6, 3)).unwrap();
+    s.write_all(&reply(9, 0x30000, 8, 4)).unwrap();
+    let (_, done) = drive(&mut c, &stats, |_, d| !d.is_empty());
+    assert_eq!(done, vec![0x10000]);
+    assert!(l.accept().is_err(), "the client opened a second connection");
+    assert_eq!(c.deadline(), None);
+  }
+
+  #[test]
+  fn a_trickling_server_misses_the_deadline() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let stats = SourceStats::default();
+    let mut c = PageClient::connect("127.0.0.1", port, Duration::from_millis(200)).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    c.request_page(UrgentReq { proc_id: 1, gen: 0, live: 0x5000, image: 0x5000, pid: 9 }, &stats).unwrap();
+    let r = reply(9, 0x5000, 1, 7);
+    let t0 = Instant::now();
+    let mut i = 0;
+    let err = loop {
+      s.write_all(&r[i..i + 1]).unwrap();
+      i += 1;
+      std::thread::sleep(Duration::from_millis(10));
+      c.read(1 << 20, &stats, &mut |_, _| (), &mut |_| ()).unwrap();
+      if let Err(e) = c.check_stall(Instant::now()) {
+        break e;
+      }
+    };
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert_eq!(err, "no complete reply for 200 ms (1 request(s) outstanding)");
   }
 }
