@@ -18,7 +18,7 @@ import { EventLoop, HandoverListener, PageImage, type HandoverEvent, type Native
 import type { TlsFiles } from '../pageserver/tls.js';
 import { RemotePageSource } from '../pagesource/remote.js';
 import type { DaemonEvent, DaemonSummary, ProcessReport } from './events.js';
-import { descendsFrom, findNewChild, killQuietly, ownsLazyVmas, someoneListensOn, startTicks, youngerThanUs } from './identity.js';
+import { descendantWithNsPid, descendsFrom, findNewChild, killQuietly, ownsLazyVmas, resolveTask, someoneListensOn, startTicks, youngerThanUs } from './identity.js';
 import { ProcessState } from './process-state.js';
 import { TsRemote } from './ts-remote.js';
 
@@ -301,19 +301,20 @@ class Daemon implements LazyPagesDaemon {
           this.handoverFailed(err);
           return;
         }
-        // Watch and, if it comes to that, kill this pid only if it is verifiably the task (see identity.ts).
-        const ours = ownsLazyVmas(ev.pid, image);
-        if (!ours) {
+        // Watch and, if it comes to that, kill this task only once it is verifiably found: by its pid in
+        // the restored tree's namespace among the restorer's descendants, and its lazy VMAs (identity.ts).
+        const real = resolveTask(ev.pid, this.restorerPid, image);
+        if (real === undefined) {
           this.emit({
             type: 'warning',
-            message: `pid ${ev.pid} in this pid namespace is not the restored task (its lazy VMAs are not there): ` +
-              'it cannot be killed if the restore fails; run the daemon in the restored tree\'s pid namespace',
+            message: `pid ${ev.pid}: no descendant of the restorer (pid ${this.restorerPid}) has this pid in its namespace ` +
+              'with the task\'s lazy VMAs registered: it cannot be killed if the restore fails',
           });
         }
-        const procId = this.loop.addProcess(ev.uffd, ours ? ev.pid : 0);
+        const procId = this.loop.addProcess(ev.uffd, real ?? 0);
         const st = ProcessState.attach(procId, image, { remote: this.tsRemote !== undefined || this.nativeRemote });
         this.states.set(procId, st);
-        if (ours) this.killPid.set(procId, { pid: ev.pid, start: startTicks(ev.pid) });
+        if (real !== undefined) this.killPid.set(procId, { pid: real, start: startTicks(real) });
         this.install(st);
         this.emit({ type: 'attached', pid: ev.pid, lazyPages: st.index.totalPages });
         return;
@@ -357,7 +358,9 @@ class Daemon implements LazyPagesDaemon {
    * restorer and is younger than the daemon (it cannot be checked against its uffd any more).
    */
   private killTask(pid: number, reason: string): void {
-    const killed = descendsFrom(pid, this.restorerPid) && youngerThanUs(pid) && killQuietly(pid);
+    // `pid` is numbered in the restored tree's namespace: find the descendant of the restorer it names.
+    const real = descendantWithNsPid(pid, this.restorerPid);
+    const killed = real !== undefined && descendsFrom(real, this.restorerPid) && youngerThanUs(real) && killQuietly(real);
     this.emit({ type: 'process-lost', pid, reason, killed });
   }
 

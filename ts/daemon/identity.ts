@@ -1,11 +1,14 @@
 /**
- * Is pid N, as this daemon sees it, really the restored task that handed over its userfaultfd?
+ * Which process, as this daemon sees it, is the restored task that handed over its userfaultfd?
  *
- * CRIU sends the task's pid as it is in the images. When the restored tree lives in the daemon's
- * pid namespace (a plain `criu restore`) that is its real pid; in another namespace it may name an
- * unrelated process. Killing or watching the wrong process would be far worse than not being able
- * to, so a pid is trusted only if that process has the task's lazy VMAs at their addresses, still
- * registered with a userfaultfd for missing pages (`um` in /proc/PID/smaps' VmFlags).
+ * CRIU sends the task's pid as the restored tree's pid namespace numbers it (the pid in the images).
+ * For a plain `criu restore` that is its real pid; for a container (`unshare --pid --fork criu
+ * restore`, or any runtime that restores into a new pid namespace) the same number names, in the
+ * daemon's namespace, an unrelated process or none. So the task is looked up among the descendants
+ * of the restorer (its pid from SO_PEERCRED, which the kernel translates into our namespace) by the
+ * innermost pid of `NSpid` in /proc/PID/status. Killing or watching the wrong process would be far
+ * worse than not being able to, so the one found is trusted only if it has the task's lazy VMAs at
+ * their addresses, still registered with a userfaultfd for missing pages (`um` in smaps' VmFlags).
  */
 import { readdirSync, readFileSync } from 'node:fs';
 
@@ -31,6 +34,63 @@ export function ownsLazyVmas(pid: number, image: ProcessImage): boolean {
     if (current && line.startsWith('VmFlags:') && / um\b/.test(line)) registered.add(current);
   }
   return want.some((v) => registered.has(v.start.toString(16)));
+}
+
+/**
+ * The pid in this namespace of the task the restorer `restorer` calls `nsPid`, confirmed by its lazy
+ * VMAs; undefined if no such descendant is found (the restorer's own pid is never the answer).
+ */
+export function resolveTask(nsPid: number, restorer: number, image: ProcessImage): number | undefined {
+  const found = descendantWithNsPid(nsPid, restorer);
+  return found !== undefined && ownsLazyVmas(found, image) ? found : undefined;
+}
+
+/** The innermost pid of `pid` (last field of NSpid in /proc/PID/status), or undefined. */
+export function innermostPid(pid: number): number | undefined {
+  try {
+    const m = /^NSpid:\s*(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const ids = m?.[1]?.trim().split(/\s+/).map(Number) ?? [];
+    return ids.length > 0 ? ids[ids.length - 1] : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Children of every thread of `pid` (pids in this namespace). */
+function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      for (const w of readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').split(/\s+/)) if (w) out.push(Number(w));
+    } catch {
+      /* the thread exited meanwhile */
+    }
+  }
+  return out;
+}
+
+/**
+ * Breadth-first over the restorer's descendants: the one whose innermost pid is `nsPid`. In the
+ * restorer's own namespace that is simply the pid itself (NSpid has one field); the walk is bounded.
+ */
+export function descendantWithNsPid(nsPid: number, restorer: number): number | undefined {
+  if (restorer <= 1 || nsPid <= 0) return undefined;
+  const queue = childrenOf(restorer);
+  const seen = new Set<number>([restorer, process.pid]);
+  for (let i = 0; i < queue.length && i < 100_000; i++) {
+    const pid = queue[i]!;
+    if (seen.has(pid)) continue;
+    seen.add(pid);
+    if (innermostPid(pid) === nsPid) return pid;
+    queue.push(...childrenOf(pid));
+  }
+  return undefined;
 }
 
 /** Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), or undefined. */
