@@ -280,6 +280,9 @@ struct Proc {
   dead: bool,
 }
 
+/// Faults served from images between two drops of the images' page tables (16 MiB).
+const FAULT_RELEASE_PAGES: u64 = 4096;
+
 /// How long the loop polls for an outstanding fault reply before it sleeps in epoll_wait.
 const URGENT_SPIN: std::time::Duration = std::time::Duration::from_micros(80);
 
@@ -295,6 +298,8 @@ struct Loop {
   /// The native page-server client (None: remote faults go to TS).
   client: Option<Box<PageClient>>,
   fetch_window: u64,
+  /// Source pages mapped by faults' copies since the images' page tables were last dropped.
+  fault_mapped: u64,
 }
 
 impl Loop {
@@ -310,6 +315,7 @@ impl Loop {
       out: Vec::with_capacity(256),
       client: None,
       fetch_window: crate::pageclient::DEFAULT_WINDOW,
+      fault_mapped: 0,
     }
   }
 
@@ -604,7 +610,17 @@ impl Loop {
         };
         // SAFETY: `src` points at PAGE readable bytes of a live mapping (bounds checked by ptr_at; the Arc is
         // held in `self.images`).
-        (unsafe { p.uffd.copy(addr, src, PAGE, 0) }, How::Copy, image_addr)
+        let res = unsafe { p.uffd.copy(addr, src, PAGE, 0) };
+        // Each fault's copy maps one source page; drop them all now and then so the daemon's RSS does not
+        // grow with the pages served on demand (one madvise per 16 MiB of faults, off the common path).
+        self.fault_mapped += 1;
+        if self.fault_mapped >= FAULT_RELEASE_PAGES {
+          self.fault_mapped = 0;
+          for img in self.images.values() {
+            img.release_all();
+          }
+        }
+        (res, How::Copy, image_addr)
       }
       // A remote range with a connected page server: the loop thread fetches the page itself.
       Some(e) if e.image_id != 0 && self.client.is_some() => {
@@ -834,8 +850,13 @@ impl Loop {
     let res = match &job.src {
       Source::Zero => p.uffd.zeropage(dst, chunk, 0),
       Source::Image(img, off) => match img.ptr_at(off + job.done, chunk) {
-        // SAFETY: the range was bounds-checked by ptr_at and the Arc keeps the mapping alive.
-        Ok(src) => unsafe { p.uffd.copy(dst, src, chunk, 0) },
+        Ok(src) => {
+          img.populate(off + job.done, chunk);
+          // SAFETY: the range was bounds-checked by ptr_at and the Arc keeps the mapping alive.
+          let r = unsafe { p.uffd.copy(dst, src, chunk, 0) };
+          img.release(off + job.done, chunk);
+          r
+        }
         Err(e) => {
           self.out.push(Out::Error { proc_id: Some(job.proc_id), message: e.to_string() });
           return done(job, Status::Error, Some(libc::ERANGE));

@@ -82,27 +82,11 @@ pub fn open(path: &Path) -> Result<PageImage, ImageError> {
   if ptr == libc::MAP_FAILED {
     return Err(ImageError::Map(path.to_path_buf(), std::io::Error::last_os_error()));
   }
-  let map = Arc::new(Mapping { path: path.to_path_buf(), ptr: ptr as *const u8, len });
-  prefault(&map);
-  Ok(map)
+  Ok(Arc::new(Mapping { path: path.to_path_buf(), ptr: ptr as *const u8, len }))
 }
 
-/// Fill in the page tables of the mapping from the page cache, on a thread of its own.
-///
-/// Why: UFFDIO_COPY reads its source with copy_from_user; every source page not yet mapped costs a
-/// minor fault inside the copy, which measured here made a background drain 2-3x slower (and fault
-/// latency jittery) than the floor, whose image is mapped with MAP_POPULATE. MAP_POPULATE would
-/// stall `open` for a large image, so the population runs beside the daemon instead; copies that
-/// race ahead of it simply take the minor fault themselves.
-fn prefault(map: &PageImage) {
-  let map = Arc::clone(map);
-  let _ = std::thread::Builder::new().name("lazy-pages-prefault".into()).spawn(move || {
-    const MADV_POPULATE_READ: libc::c_int = 22;
-    // SAFETY: advice over exactly our own live mapping (kept alive by the Arc we hold); it only
-    // populates page tables and never changes the contents. Older kernels answer EINVAL: harmless.
-    unsafe { libc::madvise(map.ptr as *mut libc::c_void, map.len as usize, MADV_POPULATE_READ) };
-  });
-}
+/// MADV_POPULATE_READ (Linux 5.14): fill in page tables from the page cache, reading the file as needed.
+const MADV_POPULATE_READ: libc::c_int = 22;
 
 impl Mapping {
   /// File size in bytes.
@@ -132,6 +116,41 @@ impl Mapping {
       }
       _ => Err(ImageError::Range { path: self.path.clone(), offset, len, size: self.len }),
     }
+  }
+
+  /// Maps `offset..offset+len` before a copy reads it (clamped to the file; advice only, errors ignored).
+  ///
+  /// Why: UFFDIO_COPY reads its source with copy_from_user, and every source page not yet mapped costs a
+  /// minor fault inside the copy (measured: a drain 2-3x slower than the floor, whose image is mapped with
+  /// MAP_POPULATE). Populating the piece about to be copied in one call avoids that without mapping (and
+  /// reading from disk) the whole file up front, which made the daemon's RSS the size of the image.
+  pub fn populate(&self, offset: u64, len: u64) {
+    self.advise(offset, len, MADV_POPULATE_READ);
+  }
+
+  /// Drops the page-table entries of `offset..offset+len` after its pages were copied: the daemon's RSS
+  /// stays bounded by what is being copied now, not by what was copied (the data stays in the page
+  /// cache, and a later read maps it again).
+  pub fn release(&self, offset: u64, len: u64) {
+    self.advise(offset, len, libc::MADV_DONTNEED);
+  }
+
+  /// `release` of the whole file (pages mapped one by one by faults' copies).
+  pub fn release_all(&self) {
+    self.advise(0, self.len, libc::MADV_DONTNEED);
+  }
+
+  fn advise(&self, offset: u64, len: u64, advice: libc::c_int) {
+    let page = crate::table::PAGE;
+    let start = offset / page * page;
+    let end = offset.saturating_add(len).min(self.len);
+    if self.len == 0 || start >= end {
+      return;
+    }
+    // SAFETY: advice over a page-aligned range inside our own live read-only private mapping; neither
+    // POPULATE_READ nor DONTNEED changes what a read of the mapping returns (a private mapping that was
+    // never written reads the file again after DONTNEED).
+    unsafe { libc::madvise(self.ptr.add(start as usize) as *mut libc::c_void, (end - start) as usize, advice) };
   }
 
   /// Bounds-checked view of `offset..offset+len`.

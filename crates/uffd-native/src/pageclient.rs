@@ -21,9 +21,14 @@ use crate::pagebuf::{PageBuf, Pool};
 use crate::pagewire::{check_reply, Header, HDR};
 use crate::table::PAGE;
 
-/// Default limit of background bytes requested but not yet received: two pieces, so the server always has
-/// the next piece to send while the client copies one, and a fault's reply queues behind at most that.
-pub const DEFAULT_WINDOW: u64 = 128 << 10;
+/// Background bytes requested but not yet received right after a fault: two pieces, so the server always
+/// has the next piece to send while the client takes one, and the next fault's reply queues behind at most
+/// that. Without faults the window grows by a piece per piece received (doubling every round trip, as
+/// TCP's slow start) up to the maximum, and a fault shrinks it back at once (CRIU resets its chunk size on
+/// every fault the same way).
+pub const MIN_WINDOW: u64 = 128 << 10;
+/// Default largest background window (bytes in flight when nothing faults).
+pub const DEFAULT_WINDOW: u64 = 4 << 20;
 /// Largest background GET (a fetch from TS is cut into GETs of at most this).
 pub const DEFAULT_PIECE: u64 = 64 << 10;
 
@@ -271,7 +276,9 @@ pub struct PageClient {
   pieces: VecDeque<Piece>,
   /// Background bytes requested and not yet received.
   on_wire: u64,
+  /// The window now (between MIN_WINDOW and `max_window`).
   window: u64,
+  max_window: u64,
   piece_pages: u64,
   pool: Pool,
 }
@@ -324,6 +331,7 @@ impl PageClient {
       pieces: VecDeque::new(),
       on_wire: 0,
       window: 0,
+      max_window: 0,
       piece_pages: 1,
       pool: Pool::new(0),
     };
@@ -358,13 +366,13 @@ impl PageClient {
     }
   }
 
-  /// Background window: bytes requested but not yet received. A fault's reply waits behind at most this
-  /// much, so it is kept small; GETs are pieces of at most half of it (and at most DEFAULT_PIECE) so the
-  /// server always has the next piece while the client takes one.
+  /// Largest background window: bytes requested but not yet received while nothing faults (a fault shrinks
+  /// the window to MIN_WINDOW, or to this if smaller). GETs are pieces of at most DEFAULT_PIECE.
   pub fn set_window(&mut self, bytes: u64) {
-    self.window = bytes.max(PAGE);
+    self.max_window = bytes.max(PAGE);
+    self.window = self.max_window.min(MIN_WINDOW);
     self.piece_pages = (self.window / 2).clamp(PAGE, DEFAULT_PIECE) / PAGE;
-    self.pool.set_limit(2 * self.window as usize + 4 * DEFAULT_PIECE as usize);
+    self.pool.set_limit(2 * self.max_window as usize + 4 * DEFAULT_PIECE as usize);
   }
 
   /// True while a fault's page is on its way (the faulting thread is frozen until it arrives).
@@ -395,6 +403,7 @@ impl PageClient {
     }
     self.push(Sent::Fault(r), stats)?;
     self.faults_sent += 1;
+    self.window = self.max_window.min(MIN_WINDOW);
     Ok(true)
   }
 
@@ -566,6 +575,7 @@ impl PageClient {
             continue;
           }
           self.pop_front();
+          self.window = (self.window + pages * PAGE).min(self.max_window);
           let Some(f) = self.fetches.get_mut(&fetch) else {
             return Err("internal: a reply for a fetch that no longer exists".into());
           };
