@@ -280,9 +280,6 @@ struct Proc {
   dead: bool,
 }
 
-/// Faults served from images between two drops of the images' page tables (16 MiB).
-const FAULT_RELEASE_PAGES: u64 = 4096;
-
 /// How long the loop polls for an outstanding fault reply before it sleeps in epoll_wait.
 const URGENT_SPIN: std::time::Duration = std::time::Duration::from_micros(80);
 
@@ -298,8 +295,8 @@ struct Loop {
   /// The native page-server client (None: remote faults go to TS).
   client: Option<Box<PageClient>>,
   fetch_window: u64,
-  /// Source pages mapped by faults' copies since the images' page tables were last dropped.
-  fault_mapped: u64,
+  /// The page a local fault's data is read into before its copy.
+  fault_buf: PageBuf,
 }
 
 impl Loop {
@@ -315,7 +312,7 @@ impl Loop {
       out: Vec::with_capacity(256),
       client: None,
       fetch_window: crate::pageclient::DEFAULT_WINDOW,
-      fault_mapped: 0,
+      fault_buf: PageBuf::new(PAGE as usize),
     }
   }
 
@@ -361,6 +358,7 @@ impl Loop {
           c.close_best_effort();
         }
         self.flush();
+        crate::guardian::loop_closed(crate::guardian::loop_id(&self.shared));
         return; // dropping `self` closes every uffd/pidfd
       }
       self.run_one_piece();
@@ -389,6 +387,8 @@ impl Loop {
         self.images.insert(id, img);
       }
       Cmd::AddProcess { proc_id, uffd, pid, counters } => {
+        // First of all, before anything can fail: the guardian holds a duplicate from now on.
+        self.guardian(crate::guardian::add(crate::guardian::loop_id(&self.shared), proc_id, uffd.raw(), pid));
         if let Err(e) = epoll_add(self.ep.as_raw_fd(), uffd.raw(), token(TOK_UFFD, proc_id)) {
           self.out.push(Out::Error { proc_id: Some(proc_id), message: format!("event loop: cannot watch uffd: {e}") });
         }
@@ -450,6 +450,7 @@ impl Loop {
         }
       }
       Cmd::Watch { proc_id, pid } => {
+        self.guardian(crate::guardian::watch(crate::guardian::loop_id(&self.shared), proc_id, pid));
         let ep = self.ep.as_raw_fd();
         if let Some(p) = self.procs.get_mut(&proc_id) {
           if p.pidfd.is_none() {
@@ -467,6 +468,7 @@ impl Loop {
         }
       }
       Cmd::Remove(proc_id) => {
+        self.guardian(crate::guardian::release_task(crate::guardian::loop_id(&self.shared), proc_id));
         if let Some(p) = self.procs.remove(&proc_id) {
           epoll_del(self.ep.as_raw_fd(), p.uffd.raw());
           if let Some(fd) = &p.pidfd {
@@ -484,6 +486,13 @@ impl Loop {
           c.set_window(b);
         }
       }
+    }
+  }
+
+  /// A guardian send failed (it is gone): say so once, as a warning.
+  fn guardian(&mut self, r: Result<(), String>) {
+    if let Err(message) = r {
+      self.out.push(Out::Error { proc_id: None, message });
     }
   }
 
@@ -586,6 +595,7 @@ impl Loop {
         let counters = Arc::new(Counters::default());
         self.shared.counters.lock().unwrap_or_else(|p| p.into_inner()).insert(child, counters.clone());
         self.on_command(Cmd::AddProcess { proc_id: child, uffd, pid: 0, counters });
+        self.guardian(crate::guardian::forked(crate::guardian::loop_id(&self.shared), proc_id, child));
         self.out.push(Out::Fork { proc_id, child_proc_id: child });
       }
       Event::Remap { from, to, len } => self.out.push(Out::Remap { proc_id, from, to, len }),
@@ -602,24 +612,20 @@ impl Loop {
     let (res, how, image) = match entry {
       Some(e) if e.kind == Kind::File => {
         let (image_addr, off) = e.locate(addr);
-        let src = self.images.get(&e.image_id).and_then(|img| img.ptr_at(off, PAGE).ok());
-        let Some(src) = src else {
-          self.out.push(Out::Error { proc_id: Some(proc_id), message: format!("image {} missing for 0x{addr:x}", e.image_id) });
+        // A fault's page is read with pread into one reused buffer, not copied from the mapping: a copy from
+        // the mapping maps the source page in the daemon, and the kernel maps its neighbours with it
+        // (fault-around, whole large folios), so random faults grew the daemon's RSS by hundreds of MiB.
+        let read = match self.images.get(&e.image_id) {
+          Some(img) => img.read_at(off, self.fault_buf.slice_mut(0, PAGE as usize)).map_err(|e| e.to_string()),
+          None => Err(format!("image {} missing for 0x{addr:x}", e.image_id)),
+        };
+        if let Err(message) = read {
+          self.out.push(Out::Error { proc_id: Some(proc_id), message });
           let _ = p.uffd.wake(addr, PAGE);
           return;
-        };
-        // SAFETY: `src` points at PAGE readable bytes of a live mapping (bounds checked by ptr_at; the Arc is
-        // held in `self.images`).
-        let res = unsafe { p.uffd.copy(addr, src, PAGE, 0) };
-        // Each fault's copy maps one source page; drop them all now and then so the daemon's RSS does not
-        // grow with the pages served on demand (one madvise per 16 MiB of faults, off the common path).
-        self.fault_mapped += 1;
-        if self.fault_mapped >= FAULT_RELEASE_PAGES {
-          self.fault_mapped = 0;
-          for img in self.images.values() {
-            img.release_all();
-          }
         }
+        // SAFETY: the buffer holds PAGE bytes just read and is not touched until the call returns.
+        let res = unsafe { p.uffd.copy(addr, self.fault_buf.as_ptr(), PAGE, 0) };
         (res, How::Copy, image_addr)
       }
       // A remote range with a connected page server: the loop thread fetches the page itself.

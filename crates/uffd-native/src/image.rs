@@ -16,6 +16,8 @@ pub enum ImageError {
   Open(PathBuf, std::io::Error),
   /// mmap failed
   Map(PathBuf, std::io::Error),
+  /// pread failed at this offset
+  Read(PathBuf, u64, std::io::Error),
   /// a slice outside the file
   Range { path: PathBuf, offset: u64, len: u64, size: u64 },
 }
@@ -25,6 +27,7 @@ impl fmt::Display for ImageError {
     match self {
       ImageError::Open(p, e) => write!(f, "{}: cannot open pages image: {e}", p.display()),
       ImageError::Map(p, e) => write!(f, "{}: cannot mmap pages image: {e}", p.display()),
+      ImageError::Read(p, off, e) => write!(f, "{}: cannot read the page at offset {off}: {e}", p.display()),
       ImageError::Range { path, offset, len, size } => write!(
         f,
         "{}: read of {len} bytes at offset {offset} is outside the image (file size {size})",
@@ -49,6 +52,8 @@ pub struct Mapping {
   path: PathBuf,
   ptr: *const u8,
   len: u64,
+  /// The open file, for `read_at` (None for an empty image).
+  file: Option<File>,
 }
 
 // SAFETY: the mapping is PROT_READ and never written, so sharing the pointer between threads is sound.
@@ -73,7 +78,7 @@ pub fn open(path: &Path) -> Result<PageImage, ImageError> {
   let file = File::open(path).map_err(|e| ImageError::Open(path.to_path_buf(), e))?;
   let len = file.metadata().map_err(|e| ImageError::Open(path.to_path_buf(), e))?.len();
   if len == 0 {
-    return Ok(Arc::new(Mapping { path: path.to_path_buf(), ptr: std::ptr::null(), len: 0 }));
+    return Ok(Arc::new(Mapping { path: path.to_path_buf(), ptr: std::ptr::null(), len: 0, file: None }));
   }
   // SAFETY: a fresh read-only private mapping of an open file; the result is checked against MAP_FAILED.
   let ptr = unsafe {
@@ -82,7 +87,7 @@ pub fn open(path: &Path) -> Result<PageImage, ImageError> {
   if ptr == libc::MAP_FAILED {
     return Err(ImageError::Map(path.to_path_buf(), std::io::Error::last_os_error()));
   }
-  Ok(Arc::new(Mapping { path: path.to_path_buf(), ptr: ptr as *const u8, len }))
+  Ok(Arc::new(Mapping { path: path.to_path_buf(), ptr: ptr as *const u8, len, file: Some(file) }))
 }
 
 /// MADV_POPULATE_READ (Linux 5.14): fill in page tables from the page cache, reading the file as needed.
@@ -135,9 +140,14 @@ impl Mapping {
     self.advise(offset, len, libc::MADV_DONTNEED);
   }
 
-  /// `release` of the whole file (pages mapped one by one by faults' copies).
-  pub fn release_all(&self) {
-    self.advise(0, self.len, libc::MADV_DONTNEED);
+  /// Reads `buf.len()` bytes at `offset` with pread (bounds-checked like `ptr_at`).
+  pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ImageError> {
+    use std::os::unix::fs::FileExt;
+    self.ptr_at(offset, buf.len() as u64)?;
+    match &self.file {
+      Some(f) => f.read_exact_at(buf, offset).map_err(|e| ImageError::Read(self.path.clone(), offset, e)),
+      None => Ok(()),
+    }
   }
 
   fn advise(&self, offset: u64, len: u64, advice: libc::c_int) {
