@@ -158,6 +158,8 @@ class Daemon implements LazyPagesDaemon {
   private finished = false;
   /** The restorer's pid (SO_PEERCRED): tasks it names are its descendants. */
   private restorerPid = 0;
+  /** Tasks handed over whose process could not be identified yet (see identify()). */
+  private readonly unidentified = new Set<number>();
   /** Set when the hand-over failed; tasks that still arrive are killed at once. */
   private handoverError?: UserError;
   private ended = false;
@@ -303,18 +305,14 @@ class Daemon implements LazyPagesDaemon {
         }
         // Watch and, if it comes to that, kill this task only once it is verifiably found: by its pid in
         // the restored tree's namespace among the restorer's descendants, and its lazy VMAs (identity.ts).
+        // CRIU hands a task's uffd over before it has moved its lazy VMAs into place and registered them,
+        // so this may fail now; it is tried again at "restore finished" (see identify()).
         const real = resolveTask(ev.pid, this.restorerPid, image);
-        if (real === undefined) {
-          this.emit({
-            type: 'warning',
-            message: `pid ${ev.pid}: no descendant of the restorer (pid ${this.restorerPid}) has this pid in its namespace ` +
-              'with the task\'s lazy VMAs registered: it cannot be killed if the restore fails',
-          });
-        }
         const procId = this.loop.addProcess(ev.uffd, real ?? 0);
         const st = ProcessState.attach(procId, image, { remote: this.tsRemote !== undefined || this.nativeRemote });
         this.states.set(procId, st);
         if (real !== undefined) this.killPid.set(procId, { pid: real, start: startTicks(real) });
+        else this.unidentified.add(procId);
         this.install(st);
         this.emit({ type: 'attached', pid: ev.pid, lazyPages: st.index.totalPages });
         return;
@@ -327,6 +325,7 @@ class Daemon implements LazyPagesDaemon {
         return;
       case 'finished': {
         if (this.handoverError) throw this.handoverError;
+        this.identify();
         this.finished = true;
         this.emit({ type: 'restore-finished' });
         this.listener?.close();
@@ -467,6 +466,29 @@ class Daemon implements LazyPagesDaemon {
   }
 
   /**
+   * At "restore finished" every task has its lazy VMAs in place and registered: find the tasks that
+   * could not be identified at their hand-over, and watch them (their exit ends their transfer).
+   */
+  private identify(): void {
+    for (const procId of this.unidentified) {
+      const st = this.states.get(procId);
+      if (!st || st.status !== 'serving') continue;
+      const real = resolveTask(st.pid, this.restorerPid, st.image);
+      if (real === undefined) {
+        this.emit({
+          type: 'warning',
+          message: `pid ${st.pid}: no descendant of the restorer (pid ${this.restorerPid}) has this pid in its namespace ` +
+            'with the task\'s lazy VMAs registered: it cannot be killed if the restore fails',
+        });
+        continue;
+      }
+      this.killPid.set(procId, { pid: real, start: startTicks(real) });
+      this.loop.watchPid(procId, real);
+    }
+    this.unidentified.clear();
+  }
+
+  /**
    * A process we stopped serving forked before we noticed. If it was lost (still owed data), the
    * child is owed the same: kill it too before its uffd closes, when we can tell which it is.
    */
@@ -566,7 +588,9 @@ class Daemon implements LazyPagesDaemon {
         if (this.background) {
           const remote = this.tsRemote !== undefined || this.nativeRemote;
           while (st.inflightRequests < (remote ? this.remoteDepth : this.queueDepth)) {
-            const c = st.nextChunk(remote ? Math.min(this.chunkPages, 256) : this.chunkPages);
+            // Local chunks run on over pages already present (skipped natively with EEXIST); remote
+            // ones do not: those pages would cross the network again.
+            const c = remote ? st.nextChunk(Math.min(this.chunkPages, 256)) : st.nextChunk(this.chunkPages, true);
             if (!c) break;
             const r = st.index.ranges[c.range];
             st.pages.fly(c.firstPage, c.pages);
@@ -629,7 +653,13 @@ class Daemon implements LazyPagesDaemon {
     if (st.status !== 'serving') return;
     st.status = 'lost';
     const k = this.killPid.get(st.procId);
-    const killed = k !== undefined && k.start !== undefined && startTicks(k.pid) === k.start && killQuietly(k.pid);
+    let killed = k !== undefined && k.start !== undefined && startTicks(k.pid) === k.start && killQuietly(k.pid);
+    if (k === undefined && this.unidentified.delete(st.procId)) {
+      // Lost before "restore finished", while its VMAs were not yet in place to confirm it: kill it on the
+      // same evidence as a task named in a failed hand-over (a younger descendant of the restorer).
+      const real = descendantWithNsPid(st.pid, this.restorerPid);
+      killed = real !== undefined && youngerThanUs(real) && killQuietly(real);
+    }
     this.loop.removeProcess(st.procId);
     this.report(st, 'lost');
     this.emit({ type: 'process-lost', pid: st.pid, reason, killed });

@@ -174,8 +174,14 @@ export class PageSet {
   /**
    * The first run of owed, not-in-flight pages in dense pages [from, to), at most `max` long.
    * Returns [start, length] or undefined.
+   *
+   * With `overSettled` the run starts at an owed page but goes on over settled pages too (stopping
+   * only at pages in flight): those are present in the process, so the native copy skips each with
+   * one EEXIST, which costs far less than a request of its own. After random faults the owed pages
+   * are fragmented into runs of a few pages, and one request per run made the background a JS round
+   * trip per few pages.
    */
-  nextRun(from: number, to: number, max: number): [number, number] | undefined {
+  nextRun(from: number, to: number, max: number, overSettled = false): [number, number] | undefined {
     const left = this.left;
     const flying = this.flying;
     const fromHint = from <= this.hint;
@@ -186,7 +192,13 @@ export class PageSet {
     if (p >= to) return undefined;
     const start = p;
     const limit = Math.min(to, start + max);
-    while (p < limit && left[p] === 1 && flying[p] === 0) p++;
+    if (overSettled) {
+      while (p < limit && flying[p] === 0) p++;
+      // Do not end on settled pages: the run's tail would be copied for nothing.
+      while (p > start + 1 && left[p - 1] === 0) p--;
+    } else {
+      while (p < limit && left[p] === 1 && flying[p] === 0) p++;
+    }
     return [start, p - start];
   }
 }

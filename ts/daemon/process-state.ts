@@ -194,8 +194,8 @@ export class ProcessState {
   }
 
   /** Next owed, not-in-flight run of at most `maxPages`, in live order from the cursor. */
-  nextChunk(maxPages: number): BackgroundChunk | undefined {
-    const chunk = this.nextRun(maxPages);
+  nextChunk(maxPages: number, overSettled = false): BackgroundChunk | undefined {
+    const chunk = this.nextRun(maxPages, overSettled);
     if (chunk && chunk.pages > 1 && this.narrowed.some(([a, b]) => chunk.firstPage < b && chunk.firstPage + chunk.pages > a)) {
       // Stop the chunk at the first narrowed page (or make it that one page).
       const cut = Math.min(...this.narrowed.filter(([a, b]) => chunk.firstPage < b && chunk.firstPage + chunk.pages > a).map(([a]) => a));
@@ -204,7 +204,7 @@ export class ProcessState {
     return chunk;
   }
 
-  private nextRun(maxPages: number): BackgroundChunk | undefined {
+  private nextRun(maxPages: number, overSettled: boolean): BackgroundChunk | undefined {
     const segs = this.live.segments;
     const n = segs.length;
     for (let k = 0; k < n; k++) {
@@ -213,7 +213,7 @@ export class ProcessState {
       const r = this.index.ranges[s.range];
       const first = r.firstPage + Number((s.imageStart - r.start) / PAGE);
       const count = Number((s.liveEnd - s.liveStart) / PAGE);
-      const run = this.pages.nextRun(first, first + count, maxPages);
+      const run = this.pages.nextRun(first, first + count, maxPages, overSettled);
       if (!run) continue;
       this.cursorSeg = si;
       const off = BigInt(run[0] - first) * PAGE;
