@@ -860,7 +860,7 @@ impl Loop {
           img.populate(off + job.done, chunk);
           // SAFETY: the range was bounds-checked by ptr_at and the Arc keeps the mapping alive.
           let r = unsafe { p.uffd.copy(dst, src, chunk, 0) };
-          img.release(off + job.done, chunk);
+          img.piece_copied();
           r
         }
         Err(e) => {

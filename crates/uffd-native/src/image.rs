@@ -5,6 +5,7 @@ use std::fmt;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::errors::Coded;
@@ -54,6 +55,8 @@ pub struct Mapping {
   len: u64,
   /// The open file, for `read_at` (None for an empty image).
   file: Option<File>,
+  /// Pieces copied since the page tables were last dropped (see `piece_copied`).
+  pieces: AtomicU32,
 }
 
 // SAFETY: the mapping is PROT_READ and never written, so sharing the pointer between threads is sound.
@@ -78,7 +81,7 @@ pub fn open(path: &Path) -> Result<PageImage, ImageError> {
   let file = File::open(path).map_err(|e| ImageError::Open(path.to_path_buf(), e))?;
   let len = file.metadata().map_err(|e| ImageError::Open(path.to_path_buf(), e))?.len();
   if len == 0 {
-    return Ok(Arc::new(Mapping { path: path.to_path_buf(), ptr: std::ptr::null(), len: 0, file: None }));
+    return Ok(Arc::new(Mapping { path: path.to_path_buf(), ptr: std::ptr::null(), len: 0, file: None, pieces: AtomicU32::new(0) }));
   }
   // SAFETY: a fresh read-only private mapping of an open file; the result is checked against MAP_FAILED.
   let ptr = unsafe {
@@ -87,8 +90,12 @@ pub fn open(path: &Path) -> Result<PageImage, ImageError> {
   if ptr == libc::MAP_FAILED {
     return Err(ImageError::Map(path.to_path_buf(), std::io::Error::last_os_error()));
   }
-  Ok(Arc::new(Mapping { path: path.to_path_buf(), ptr: ptr as *const u8, len, file: Some(file) }))
+  Ok(Arc::new(Mapping { path: path.to_path_buf(), ptr: ptr as *const u8, len, file: Some(file), pieces: AtomicU32::new(0) }))
 }
+
+/// Pieces copied between two drops of an image's page tables (at 64 KiB pieces and up to a 2 MiB folio
+/// mapped around each, at most 64 MiB of the image is mapped at once).
+const RELEASE_EVERY: u32 = 32;
 
 /// MADV_POPULATE_READ (Linux 5.14): fill in page tables from the page cache, reading the file as needed.
 const MADV_POPULATE_READ: libc::c_int = 22;
@@ -133,11 +140,18 @@ impl Mapping {
     self.advise(offset, len, MADV_POPULATE_READ);
   }
 
-  /// Drops the page-table entries of `offset..offset+len` after its pages were copied: the daemon's RSS
-  /// stays bounded by what is being copied now, not by what was copied (the data stays in the page
-  /// cache, and a later read maps it again).
-  pub fn release(&self, offset: u64, len: u64) {
-    self.advise(offset, len, libc::MADV_DONTNEED);
+  /// Counts a piece copied out of the mapping; every RELEASE_EVERY pieces drops all of the mapping's
+  /// page-table entries, so the daemon's RSS stays bounded by what is being copied now, not by what was
+  /// copied (the data stays in the page cache; the next piece maps its range again).
+  ///
+  /// Why not release each piece's own range: the kernel maps more than the populated range (fault-around,
+  /// whole large folios of the page cache), so releasing exactly the piece left the rest mapped: a 512 MiB
+  /// restore held ~100 MiB of the image. One DONTNEED over the whole file now and then catches it all.
+  pub fn piece_copied(&self) {
+    if self.pieces.fetch_add(1, Ordering::Relaxed) + 1 >= RELEASE_EVERY {
+      self.pieces.store(0, Ordering::Relaxed);
+      self.advise(0, self.len, libc::MADV_DONTNEED);
+    }
   }
 
   /// Reads `buf.len()` bytes at `offset` with pread (bounds-checked like `ptr_at`).
