@@ -1,6 +1,7 @@
 import yargs from 'yargs';
 import { UserError } from '../errors.js';
 import { commands } from './commands/index.js';
+import { writeQuietly } from './log.js';
 
 /**
  * CRIU's verbosity spellings: `-v4` sets level 4, `-vvv` counts (3), a lone `-v` means 3
@@ -33,11 +34,12 @@ export async function main(argv: string[]): Promise<void> {
     await cli.parseAsync();
   } catch (e) {
     if (e instanceof UserError) {
-      process.stderr.write(`lazy-pages: ${e.message}\n`);
+      // Raw fd writes: stderr may be a pipe whose reader is gone (EPIPE must not become a crash).
+      writeQuietly(2, `lazy-pages: ${e.message}\n`);
       process.exitCode = 1;
       return;
     }
-    process.stderr.write(`lazy-pages: internal error: ${(e as Error)?.stack ?? e}\n`);
+    writeQuietly(2, `lazy-pages: internal error: ${(e as Error)?.stack ?? e}\n`);
     process.exitCode = 2;
   }
 }

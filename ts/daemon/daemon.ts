@@ -9,8 +9,8 @@
  * when every process has all its pages; it never closes a uffd while its process is still owed data
  * (such a process is SIGKILLed first, and the reason is reported).
  */
-import { accessSync, constants as fsConstants, statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { accessSync, constants as fsConstants, realpathSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 
 import { UserError } from '../errors.js';
 import { Checkpoint, PAGE_SIZE } from '../images/index.js';
@@ -134,6 +134,40 @@ function checkDir(dir: string, what: string, writable: boolean): void {
   } catch {
     throw new UserError('EWORKDIR', `${what} ${dir} is not writable: ${SOCKET_NAME} cannot be created there`);
   }
+  checkWorkDirTrust(dir);
+}
+
+/**
+ * The restorer trusts whatever listens at `<workDir>/lazy-pages.socket`. Whoever may rename or
+ * replace entries in the work dir, or in a dir above it, could put their own socket there and write
+ * their own bytes into the restored processes. So the work dir and each dir above it (symlinks
+ * resolved) must be owned by root or the daemon's user, and not writable by group or others unless
+ * sticky (a sticky dir, like /tmp, lets nobody remove or rename another user's entries).
+ */
+function checkWorkDirTrust(workDir: string): void {
+  const me = process.geteuid?.() ?? 0;
+  const real = realpathSync(workDir);
+  let dir = real;
+  for (;;) {
+    const st = statSync(dir);
+    const problem =
+      st.uid !== 0 && st.uid !== me
+        ? `is owned by uid ${st.uid} (it must be owned by root or the daemon's user, uid ${me})`
+        : (st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0
+          ? `is writable by ${(st.mode & 0o002) !== 0 ? 'others' : 'its group'} (mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')}) and not sticky`
+          : undefined;
+    if (problem) {
+      const fix = st.uid !== 0 && st.uid !== me ? `chown root ${dir}` : `chmod go-w ${dir}`;
+      throw new UserError(
+        'EWORKDIR',
+        `work dir ${workDir}: ${dir === real ? 'it' : `${dir} above it`} ${problem}: another user could replace ` +
+          `${SOCKET_NAME} and feed the restored processes; fix it (\`${fix}\`) or use a private work dir (-W)`,
+      );
+    }
+    const up = dirname(dir);
+    if (up === dir) return;
+    dir = up;
+  }
 }
 
 class Daemon implements LazyPagesDaemon {
@@ -249,9 +283,28 @@ class Daemon implements LazyPagesDaemon {
     this.nativeRemote = true;
   }
 
+  /**
+   * Listeners are the embedder's code: one that throws must not stop the daemon half-way (close()
+   * killing the first owed process, then the exception escaping before the next is killed and its
+   * uffd closes on zeros). Its error becomes a warning to the other listeners.
+   */
   private emit(e: DaemonEvent): void {
-    for (const l of this.listeners) l(e);
+    for (const l of this.listeners) {
+      try {
+        l(e);
+      } catch (err) {
+        if (this.listenerErrorDepth > 0) continue;
+        this.listenerErrorDepth++;
+        try {
+          this.emit({ type: 'warning', message: `an event listener threw on '${e.type}' (ignored): ${(err as Error)?.message ?? err}` });
+        } finally {
+          this.listenerErrorDepth--;
+        }
+      }
+    }
   }
+  /** Set while a listener's error is reported: a listener that throws on that warning too must not loop. */
+  private listenerErrorDepth = 0;
 
   /** Run a handler; an unexpected error fails the restore safely instead of escaping into the event loop. */
   private guard(fn: () => void): void {

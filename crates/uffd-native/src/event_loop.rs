@@ -280,6 +280,11 @@ struct Proc {
   dead: bool,
 }
 
+/// How long routine reports ("served") may wait for company before JS is woken for them.
+const REPORT_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
+/// ... or how many of them.
+const REPORT_BATCH: usize = 1024;
+
 /// How long the loop polls for an outstanding fault reply before it sleeps in epoll_wait.
 const URGENT_SPIN: std::time::Duration = std::time::Duration::from_micros(80);
 
@@ -297,6 +302,8 @@ struct Loop {
   fetch_window: u64,
   /// The page a local fault's data is read into before its copy.
   fault_buf: PageBuf,
+  /// Since when routine reports have been held back (see `flush`).
+  routine_since: Option<Instant>,
 }
 
 impl Loop {
@@ -313,6 +320,7 @@ impl Loop {
       client: None,
       fetch_window: crate::pageclient::DEFAULT_WINDOW,
       fault_buf: PageBuf::new(PAGE as usize),
+      routine_since: None,
     }
   }
 
@@ -330,14 +338,14 @@ impl Loop {
       if !awaiting {
         spin_since = None;
       }
-      let timeout = if busy || spinning { 0 } else { self.source_timeout_ms() };
+      let timeout = if busy || spinning { 0 } else { self.report_timeout_ms(self.source_timeout_ms()) };
       // SAFETY: `evs` is a valid buffer of 32 events.
       let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), evs.as_mut_ptr(), 32, timeout) };
       if n < 0 {
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::Interrupted {
           self.out.push(Out::Error { proc_id: None, message: format!("event loop: epoll_wait failed: {e}") });
-          self.flush();
+          self.flush_now();
           return;
         }
       }
@@ -357,7 +365,7 @@ impl Loop {
         if let Some(c) = self.client.as_mut() {
           c.close_best_effort();
         }
-        self.flush();
+        self.flush_now();
         crate::guardian::loop_closed(crate::guardian::loop_id(&self.shared));
         return; // dropping `self` closes every uffd/pidfd
       }
@@ -366,8 +374,36 @@ impl Loop {
     }
   }
 
+  /// Hands the reports to JS, unless they are all routine "served" facts younger than REPORT_DELAY.
+  ///
+  /// Why: waking the JS thread costs a context switch and CPU that the restored program and this thread
+  /// need (two cores here): reported at once, every fault of a real restore woke JS for one event, and a
+  /// fault's latency doubled against `criu lazy-pages`. A served fact is bookkeeping (the page is in;
+  /// TS settles it and counts it), so it can wait a little and travel in a batch; layout events,
+  /// completions and errors go at once.
   fn flush(&mut self) {
+    if self.out.is_empty() {
+      self.routine_since = None;
+      return;
+    }
+    let now = Instant::now();
+    let since = *self.routine_since.get_or_insert(now);
+    let urgent = self.out.iter().any(|o| !matches!(o, Out::Served { .. }));
+    if urgent || self.out.len() >= REPORT_BATCH || now.duration_since(since) >= REPORT_DELAY {
+      self.flush_now();
+    }
+  }
+
+  fn flush_now(&mut self) {
+    self.routine_since = None;
     self.shared.outbox.push_all(&mut self.out);
+  }
+
+  /// epoll timeout: no later than the deadline of reports held back by `flush`.
+  fn report_timeout_ms(&self, timeout: i32) -> i32 {
+    let Some(since) = self.routine_since else { return timeout };
+    let left = REPORT_DELAY.saturating_sub(since.elapsed()).as_millis() as i32 + 1;
+    if timeout < 0 { left } else { timeout.min(left) }
   }
 
   fn drain_commands(&mut self) {

@@ -206,14 +206,14 @@ impl Source for SocketSource {
 /// What the listener reports.
 #[derive(Debug)]
 pub enum Report {
-  /// The restorer connected.
-  /// The restorer connected; `pid` is its pid from SO_PEERCRED (0 if the kernel would not say).
+  /// The restorer (root or the daemon's user) connected; `pid` is its pid from SO_PEERCRED.
   Connected { pid: i32 },
   /// A protocol step.
   Step(Step),
   /// A fatal protocol error (the listener stops reading).
   Error(HandoverError),
-  /// A second connection was closed.
+  /// A connection was closed unheard: a second restorer, or a peer that is neither root nor the
+  /// daemon's user (the message names its pid and uid).
   Refused(String),
 }
 
@@ -252,7 +252,22 @@ fn unlink_stale(path: &Path) -> Result<(), HandoverError> {
   }
 }
 
-/// Binds and listens at `<work_dir>/lazy-pages.socket`.
+/// Mode of `lazy-pages.socket`: only its owner (and root) may connect, as connect(2) needs write access.
+pub const SOCKET_MODE: libc::mode_t = 0o600;
+
+fn ensure_mode(path: &Path) -> io::Result<()> {
+  use std::os::unix::fs::PermissionsExt;
+  let m = std::fs::symlink_metadata(path)?;
+  if !m.file_type().is_socket() {
+    return Err(io::Error::other("the socket file was replaced right after bind"));
+  }
+  if m.permissions().mode() & 0o7777 != SOCKET_MODE {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+  }
+  Ok(())
+}
+
+/// Binds and listens at `<work_dir>/lazy-pages.socket`, mode 0600 whatever the umask.
 pub fn bind(work_dir: &Path) -> Result<(OwnedFd, PathBuf), HandoverError> {
   let path = work_dir.join(SOCKET_NAME);
   let (addr, len) = sockaddr_for(&path)?;
@@ -265,9 +280,24 @@ pub fn bind(work_dir: &Path) -> Result<(OwnedFd, PathBuf), HandoverError> {
   }
   // SAFETY: fresh fd owned by nobody else.
   let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+  // bind(2) creates the socket file with the socket inode's mode minus the umask. Setting that mode to
+  // 0600 first means the file never exists with a wider mode, whatever the umask (0777 by default: under
+  // umask 000 anyone could connect). fchmod on our own fd, unlike umask(2), touches nothing process-wide,
+  // so no other thread's files are affected.
+  // SAFETY: fchmod on a socket fd we own.
+  if unsafe { libc::fchmod(fd.as_raw_fd(), SOCKET_MODE) } != 0 {
+    return Err(bind_err(io::Error::last_os_error()));
+  }
   // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
   if unsafe { libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) } != 0 {
     return Err(bind_err(io::Error::last_os_error()));
+  }
+  // A umask stricter than 0177 (e.g. 0277) leaves less than 0600 and the daemon's own user could not
+  // connect: set exactly 0600. This only ever narrows or restores to 0600, never widens past it, and
+  // the work dir was checked so that nobody else can have replaced the file meanwhile.
+  if let Err(e) = ensure_mode(&path) {
+    let _ = std::fs::remove_file(&path);
+    return Err(bind_err(e));
   }
   // SAFETY: listen on a bound socket we own.
   if unsafe { libc::listen(fd.as_raw_fd(), 4) } != 0 {
@@ -322,17 +352,41 @@ fn accept(listen: RawFd) -> io::Result<OwnedFd> {
 /// between a pid and its fd message). CRIU sends each step in one go.
 const STEP_TIMEOUT_SECS: libc::time_t = 5;
 
-/// The connected peer's pid (SO_PEERCRED), or 0. The daemon uses it to kill only processes that
-/// descend from the restorer when a hand-over fails, never an unrelated process with a claimed pid.
-fn peer_pid(fd: RawFd) -> i32 {
+/// The connected peer's credentials (SO_PEERCRED: pid, effective uid and gid at connect time, as the
+/// kernel recorded them; the peer cannot forge them). The pid lets the daemon kill only processes that
+/// descend from the restorer when a hand-over fails; the uid decides whether the peer is heard at all.
+fn peer_cred(fd: RawFd) -> Option<libc::ucred> {
   let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
   let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
   // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly sized ucred on our stack.
   let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut libc::c_void, &mut len) };
-  if r == 0 {
-    cred.pid
-  } else {
-    0
+  (r == 0 && len as usize == std::mem::size_of::<libc::ucred>()).then_some(cred)
+}
+
+/// May a peer with effective uid `peer` hand over a restore to a daemon running as `me`? Only root
+/// and the daemon's own user: anyone else handing over "restored tasks" would be served the
+/// checkpoint's memory (into a userfaultfd of its own), or would take the one restorer slot.
+pub fn trusted_peer(peer: libc::uid_t, me: libc::uid_t) -> bool {
+  peer == 0 || peer == me
+}
+
+/// Why a peer is not heard, or None if it may hand over a restore.
+fn untrusted_reason(path: &Path, cred: Option<libc::ucred>) -> Option<String> {
+  // SAFETY: geteuid cannot fail and has no side effects.
+  let me = unsafe { libc::geteuid() };
+  match cred {
+    Some(c) if trusted_peer(c.uid, me) => None,
+    Some(c) => Some(format!(
+      "{}: refused a connection from pid {} (uid {}): only root and the daemon's user (uid {me}) may hand over a restore; \
+       nothing it sent was read",
+      path.display(),
+      c.pid,
+      c.uid
+    )),
+    None => Some(format!(
+      "{}: refused a connection whose credentials (SO_PEERCRED) could not be read; nothing it sent was read",
+      path.display()
+    )),
   }
 }
 
@@ -353,7 +407,10 @@ impl Listener {
     let stop2 = stop.clone();
     let thread = std::thread::Builder::new()
       .name("lazy-pages-handover".into())
-      .spawn(move || serve(sock, wake_raw, &stop2, &mut report))
+      .spawn({
+        let path = path.clone();
+        move || serve(sock, &path, wake_raw, &stop2, &mut report)
+      })
       .map_err(|e| HandoverError::Bind(work_dir.to_path_buf(), e))?;
     Ok(Listener { path, stop, wake, thread: Some(thread) })
   }
@@ -383,9 +440,10 @@ impl Drop for Listener {
 }
 
 /// The thread body: accept one restorer, read its steps, refuse any other connection, until stopped,
-/// finished or failed. (After "finished" the thread still refuses late connections until closed? No: it
-/// exits so that Node can exit; the socket file stays until `close`.)
-fn serve(sock: OwnedFd, wake: RawFd, stop: &AtomicBool, report: &mut dyn FnMut(Report)) {
+/// finished or failed. After "finished" the thread exits (so that Node can exit); the socket file
+/// stays until `close`. A peer that is neither root nor the daemon's user is closed at once, before a
+/// byte of it is read, and does not take the restorer's place: the real restorer may still connect.
+fn serve(sock: OwnedFd, path: &Path, wake: RawFd, stop: &AtomicBool, report: &mut dyn FnMut(Report)) {
   let mut conn: Option<SocketSource> = None;
   loop {
     if stop.load(Ordering::SeqCst) {
@@ -407,14 +465,18 @@ fn serve(sock: OwnedFd, wake: RawFd, stop: &AtomicBool, report: &mut dyn FnMut(R
     }
     if ready[1] {
       match accept(sock.as_raw_fd()) {
-        Ok(c) if conn.is_none() => {
-          let pid = peer_pid(c.as_raw_fd());
-          conn = Some(SocketSource(c));
-          report(Report::Connected { pid });
-        }
-        Ok(other) => {
-          drop(other);
-          report(Report::Refused("a second restorer connected to lazy-pages.socket; only one is served, it was closed".into()));
+        Ok(c) => {
+          let cred = peer_cred(c.as_raw_fd());
+          if let Some(why) = untrusted_reason(path, cred) {
+            drop(c);
+            report(Report::Refused(why));
+          } else if conn.is_none() {
+            conn = Some(SocketSource(c));
+            report(Report::Connected { pid: cred.map_or(0, |c| c.pid) });
+          } else {
+            drop(c);
+            report(Report::Refused("a second restorer connected to lazy-pages.socket; only one is served, it was closed".into()));
+          }
         }
         Err(e) => report(Report::Refused(format!("accept failed: {e}"))),
       }
@@ -524,5 +586,34 @@ mod tests {
     std::fs::remove_file(path).unwrap();
     let e = bind(Path::new("/nonexistent-dir-xyz")).unwrap_err();
     assert!(e.to_string().contains("/nonexistent-dir-xyz"));
+  }
+
+  #[test]
+  fn socket_is_0600_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    // The test process's umask (022 usually) would leave 0755 without the fchmod before bind; umask
+    // itself is not changed here, as it is process-wide and other tests create files meanwhile.
+    let dir = std::env::temp_dir().join(format!("uffd-native-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_fd, path) = bind(&dir).unwrap();
+    let mode = std::fs::symlink_metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    std::fs::remove_dir_all(&dir).unwrap();
+  }
+
+  #[test]
+  fn only_root_and_our_user_are_trusted() {
+    assert!(trusted_peer(0, 1000));
+    assert!(trusted_peer(1000, 1000));
+    assert!(!trusted_peer(65534, 1000));
+    assert!(trusted_peer(0, 0));
+    assert!(!trusted_peer(65534, 0));
+    let why = untrusted_reason(Path::new("/w/lazy-pages.socket"), Some(libc::ucred { pid: 77, uid: 65534, gid: 65534 }));
+    // SAFETY: geteuid has no side effects.
+    if unsafe { libc::geteuid() } != 65534 {
+      let why = why.unwrap();
+      assert!(why.contains("pid 77") && why.contains("uid 65534") && why.contains("/w/lazy-pages.socket"), "{why}");
+    }
+    assert!(untrusted_reason(Path::new("/w/s"), None).is_some());
   }
 }

@@ -3,13 +3,16 @@
  * A thin layer over startLazyPagesDaemon().
  */
 import { spawn } from 'node:child_process';
-import { closeSync, createWriteStream, readFileSync, writeFileSync, writeSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { closeSync, constants as fsc, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { isatty } from 'node:tty';
 import type { Argv, CommandModule } from 'yargs';
 import { z } from 'zod';
 
-import { startLazyPagesDaemon } from '../../daemon/daemon.js';
+import { startLazyPagesDaemon, type LazyPagesDaemon } from '../../daemon/daemon.js';
 import { UserError } from '../../errors.js';
+import { LogSink, openLogFile, readNoFollow } from '../log.js';
 import { validate } from '../options.js';
 import { tlsFields, tlsFiles, tlsYargs } from '../tls-options.js';
 import { Reporter } from '../reporter.js';
@@ -69,34 +72,115 @@ export const daemonCommand: CommandModule<object, Record<string, unknown>> = {
   },
 };
 
+/** Signals that stop the daemon: every process still owed pages is SIGKILLed, then it exits 1. */
+const STOP_SIGNALS = ['SIGTERM', 'SIGINT', 'SIGQUIT'] as const;
+
 async function runDaemon(o: DaemonCliOptions, rawArgs: string[]): Promise<void> {
   if (o.daemon) return detach(o, rawArgs);
 
-  const log = o.logFile ? createWriteStream(resolve(o.logFile), { flags: 'a' }) : undefined;
-  const write = (s: string) => (log ? log.write(s) : process.stderr.write(s));
-  const reporter = new Reporter({ verbosity: o.verbosity, write, tty: !log && process.stderr.isTTY === true });
-  const started = startLazyPagesDaemon({
-    imagesDir: o.imagesDir,
-    workDir: o.workDir,
-    background: o.background,
-    chunkBytes: o.chunk,
-    pageServer: o.pageServer ? pageServerOf(o) : undefined,
-    onEvent: (e) => reporter.handle(e),
-  });
-  const d = await started.catch(async (e: unknown) => {
-    // A detached daemon's stderr goes nowhere: its log file must say why it could not start.
-    if (log && e instanceof Error) await new Promise<void>((r) => log.end(`lazy-pages: ${e.message}\n`, () => r()));
-    throw e;
-  });
-  if (o.pidfile) writeFileSync(resolve(o.pidfile), `${process.pid}\n`);
-  if (o.statusFd !== undefined) signalReady(o.statusFd);
-  const stop = (sig: string) => void d.close(`the daemon got ${sig}`);
-  process.once('SIGINT', () => stop('SIGINT'));
-  process.once('SIGTERM', () => stop('SIGTERM'));
+  const sink = o.logFile ? LogSink.file(resolve(o.logFile), `-o ${o.logFile}`) : LogSink.stderr();
+  const reporter = new Reporter({ verbosity: o.verbosity, write: (s) => sink.write(s), tty: !sink.file && isatty(2) });
+  const say = (level: number, text: string) => o.verbosity >= level && sink.write(`lazy-pages: ${text}\n`);
+
+  // Signals are handled from the start: before the daemon listens nothing is owed, but the default
+  // action would still end us without a word. SIGHUP (logrotate) only reopens the log.
+  let d: LazyPagesDaemon | undefined;
+  let stoppedBy: string | undefined;
+  let closed = false;
+  const lost = { killed: 0, notKilled: 0 };
+  const stop = (sig: string) => {
+    if (stoppedBy !== undefined) {
+      // close() kills every owed process before it returns: once it has (or before the daemon even
+      // started, when nothing can be owed), a second signal may end us at once.
+      if (closed || d === undefined) {
+        sink.write(`lazy-pages: ${sig} again: exiting now\n`);
+        process.exit(1);
+      }
+      return;
+    }
+    stoppedBy = sig;
+    say(1, `got ${sig}: killing every process still owed pages, then exiting`);
+    if (d) void d.close(`stopped by ${sig}`).finally(() => (closed = true));
+  };
+  const reopen = () => {
+    const err = sink.reopen();
+    if (err) say(1, `warning: SIGHUP: could not reopen the log, still writing to the old one: ${err}`);
+    else say(3, sink.file ? `SIGHUP: reopened ${sink.file}` : 'SIGHUP: logging to stderr, nothing to reopen');
+  };
+  const handlers: [string, () => void][] = [...STOP_SIGNALS.map((sig) => [sig, () => stop(sig)] as [string, () => void]), ['SIGHUP', reopen]];
+  for (const [sig, h] of handlers) process.on(sig, h);
+
   try {
+    d = await startLazyPagesDaemon({
+      imagesDir: o.imagesDir,
+      workDir: o.workDir,
+      background: o.background,
+      chunkBytes: o.chunk,
+      pageServer: o.pageServer ? pageServerOf(o) : undefined,
+      onEvent: (e) => {
+        if (e.type === 'process-lost' && stoppedBy !== undefined) lost[e.killed ? 'killed' : 'notKilled']++;
+        reporter.handle(e);
+      },
+    });
+    if (stoppedBy !== undefined) {
+      void d.close(`stopped by ${stoppedBy}`).finally(() => (closed = true));
+    } else {
+      if (o.pidfile) writePidfile(resolve(o.pidfile));
+      if (o.statusFd !== undefined) signalReady(o.statusFd);
+    }
     await d.done;
+  } catch (e) {
+    let err = e;
+    if (stoppedBy !== undefined && e instanceof UserError && e.code === 'ESTOPPED') {
+      const n = lost.killed + lost.notKilled;
+      err = new UserError(
+        'ESTOPPED',
+        `stopped by ${stoppedBy}: ` +
+          (n === 0
+            ? 'no process was owed pages'
+            : `${lost.killed} of ${n} processes still owed pages were killed with SIGKILL before their userfaultfds closed` +
+              (lost.notKilled ? ` (${lost.notKilled} could not be: see the lines above)` : '')),
+      );
+    }
+    // The CLI prints this on stderr; a detached daemon's stderr goes nowhere, so its log says it too.
+    if (sink.file && err instanceof Error) sink.write(`lazy-pages: ${err.message}\n`);
+    throw err;
   } finally {
-    await new Promise<void>((r) => (log ? log.end(r) : r()));
+    // A d.close() or d.done may still be pending on an error path: stop the daemon whatever happened.
+    if (d && !closed) await d.close('the daemon command ended').catch(() => undefined);
+    for (const [sig, h] of handlers) process.off(sig, h);
+    sink.close();
+  }
+}
+
+/**
+ * Write the pid file without following symlinks: a new file with O_EXCL|O_NOFOLLOW under a random
+ * name in the same dir, then rename(2) over the target. rename replaces whatever is at the path
+ * (a symlink planted by another user included) instead of writing through it.
+ */
+function writePidfile(file: string): void {
+  const dir = dirname(file);
+  for (let attempt = 0; ; attempt++) {
+    const tmp = join(dir, `.${basename(file)}.${randomBytes(6).toString('hex')}.tmp`);
+    let fd: number;
+    try {
+      fd = openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o644);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST' && attempt < 8) continue;
+      throw new UserError('EOPTION', `--pidfile ${file}: cannot create a file in ${dir}: ${(e as Error).message}`);
+    }
+    let open = true;
+    try {
+      writeSync(fd, `${process.pid}\n`);
+      open = false;
+      closeSync(fd);
+      renameSync(tmp, file);
+    } catch (e) {
+      if (open) closeSync(fd);
+      rmSync(tmp, { force: true });
+      throw new UserError('EOPTION', `--pidfile ${file}: cannot write the pid file: ${(e as Error).message}`);
+    }
+    return;
   }
 }
 
@@ -126,6 +210,9 @@ function signalReady(fd: number): void {
  */
 async function detach(o: DaemonCliOptions, rawArgs: string[]): Promise<void> {
   const logFile = resolve(o.logFile ?? join(o.workDir ?? o.imagesDir, 'lazy-pages.log'));
+  // Open (and create) the log here as the child will, without following a symlink: if it cannot be
+  // used, say so now, on the terminal, rather than from a child whose stderr goes nowhere.
+  closeSync(openLogFile(logFile, o.logFile === undefined ? `the default log file ${logFile} (-d without -o)` : `-o ${o.logFile}`));
   const args = rawArgs.filter((a) => a !== '-d' && a !== '--daemon' && a !== '--daemon=true');
   if (o.logFile === undefined) args.push('-o', logFile);
   const child = spawn(process.execPath, [...process.execArgv, process.argv[1], ...args, '--status-fd', '3'], {
@@ -138,12 +225,8 @@ async function detach(o: DaemonCliOptions, rawArgs: string[]): Promise<void> {
     child.once('exit', () => res(false));
   });
   if (!ready) {
-    let last = '';
-    try {
-      last = readFileSync(logFile, 'utf8').trim().split('\n').pop() ?? '';
-    } catch {
-      /* no log written */
-    }
+    // The log's last line says why (read without following a symlink, as it was written).
+    const last = readNoFollow(logFile)?.trim().split('\n').pop() ?? '';
     throw new UserError('EDAEMON', `the daemon exited before it was ready${last ? `: ${last.replace(/^lazy-pages: /, '')}` : ''} (log: ${logFile})`);
   }
   process.stdout.write(`${child.pid}\n`);

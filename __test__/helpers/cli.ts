@@ -1,0 +1,84 @@
+/**
+ * `lazy-pages daemon` as a child process (the way CRIU users and logrotate meet it), and the restore
+ * simulator against it. Every process started here is SIGKILLed by pid in teardown, pass or fail.
+ */
+import type { ExecutionContext } from 'ava';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+
+import type { Checkpoint } from '../../ts/images/index.js';
+import { layoutFor } from '../../ts/sim/layout.js';
+import { startSimulator, type SimRun } from '../../ts/sim/run.js';
+import { isSimProcess, repoRoot } from './e2e.js';
+
+export const bin = join(repoRoot, 'bin', 'lazy-pages.js');
+
+export interface CliDaemon {
+  child: ChildProcess;
+  pid: number;
+  /** Resolves when the daemon wrote its ready byte on --status-fd; rejects if it exited first. */
+  ready: Promise<void>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Everything the daemon wrote on stderr so far (when stderr is 'pipe'). */
+  stderr(): string;
+}
+
+/**
+ * Start `lazy-pages daemon ARGS --status-fd 3`. `umask` runs it under that umask (through sh, which
+ * execs node: the pid stays the same); `stderr: 'pipe'` collects stderr.
+ */
+export function startCliDaemon(
+  t: ExecutionContext,
+  args: string[],
+  o: { umask?: string; stderr?: 'pipe' | 'ignore' } = {},
+): CliDaemon {
+  const argv = [bin, 'daemon', ...args, '--status-fd', '3'];
+  const stdio: ('ignore' | 'pipe')[] = ['ignore', 'ignore', o.stderr ?? 'pipe', 'pipe'];
+  const child =
+    o.umask === undefined
+      ? spawn(process.execPath, argv, { stdio })
+      : spawn('sh', ['-c', `umask ${o.umask} && exec "$0" "$@"`, process.execPath, ...argv], { stdio });
+  const pid = child.pid!;
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  });
+  let err = '';
+  child.stderr?.on('data', (b: Buffer) => (err += b.toString()));
+  child.stderr?.on('error', () => undefined);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
+    child.once('exit', (code, signal) => r({ code, signal })),
+  );
+  const ready = new Promise<void>((res, rej) => {
+    (child.stdio[3] as NodeJS.ReadableStream).once('data', () => res());
+    void exited.then(({ code, signal }) => rej(new Error(`daemon exited (${code ?? signal}) before it was ready: ${err}`)));
+  });
+  ready.catch(() => undefined);
+  return { child, pid, ready, exited, stderr: () => err };
+}
+
+/** The simulator restoring `ck` against the daemon in `workDir`; it and every process it made are killed in teardown. */
+export function startSim(t: ExecutionContext, ck: Checkpoint, workDir: string, args: string[]): SimRun {
+  const layout = layoutFor(ck, workDir);
+  const sim = startSimulator(layout, ['--timeout', '60', ...args]);
+  t.teardown(() => {
+    sim.kill();
+    for (const p of layout.processes) if (isSimProcess(p.pid)) process.kill(p.pid, 'SIGKILL');
+  });
+  return sim;
+}
+
+/** Poll `cond` every 20 ms until it holds; throws after `ms`. */
+export async function waitFor(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
