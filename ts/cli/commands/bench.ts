@@ -2,6 +2,9 @@
  * `lazy-pages bench` (and `npm run bench`): fault latency and background drain rate of a real
  * lazy restore, next to the floor (a minimal C userfaultfd handler) measured in the same run,
  * interleaved run by run so that machine noise hits both alike. Prints a table, writes JSON.
+ *
+ * `lazy-pages bench --criu [PATH]` (`npm run bench:criu`) runs only the comparison with CRIU's own
+ * `criu lazy-pages` on real dumps and restores (ts/bench/criu/).
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,6 +13,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { z } from 'zod';
 
 import { DEFAULT_FLOOR_SOURCE, Floor, median } from '../../bench/floor.js';
+import { runCriuBench } from '../../bench/criu/index.js';
 import { benchImages } from '../../bench/images-bench.js';
 import { lazyBulk, lazyLatency, type LatencyRun } from '../../bench/lazy.js';
 import { serverProcess } from '../../bench/page-server-process.js';
@@ -28,24 +32,54 @@ const schema = z.object({
   chunk: z.number().int().min(4096).optional(),
 });
 
+const criuSchema = z.object({
+  criu: z.string(),
+  size: z.number().int().min(1 << 20, 'must be at least 1M'),
+  touches: z.number({ error: 'must be a number' }).int('must be a whole number').min(1, 'must be at least 1'),
+  runs: z.number({ error: 'must be a number' }).int().min(1, 'must be at least 1').max(50, 'must be at most 50'),
+  tree: z.boolean(),
+  remote: z.boolean(),
+  criuV4: z.boolean(),
+  json: z.string().min(1).optional(),
+});
+
 export const benchCommand: CommandModule<object, Record<string, unknown>> = {
   command: 'bench',
-  describe: 'measure per-fault latency and background GB/s against the floor, in the same run',
+  describe: 'measure per-fault latency and background GB/s against the floor, in the same run (--criu: against `criu lazy-pages` on real restores)',
   builder: (y: Argv) =>
     y
-      .option('size', { type: 'string', default: '64M', describe: 'region restored for the latency test' })
+      .option('size', { type: 'string', describe: 'region restored for the latency test (default 64M); with --criu the memory of the program (default 512M)' })
       .option('bulk-size', { type: 'string', default: '1G', describe: 'checkpoint drained by the background test' })
       .option('order', { choices: ['rand', 'seq'], default: 'rand', describe: 'page touch order' })
-      .option('runs', { type: 'number', default: 5, describe: 'runs of each test (medians are reported)' })
+      .option('runs', { type: 'number', default: 5, describe: 'runs of each test (medians are reported); with --criu runs of each daemon' })
       .option('bulk', { type: 'boolean', default: true, describe: 'also measure the background drain (--no-bulk to skip)' })
       .option('floor', { type: 'string', default: DEFAULT_FLOOR_SOURCE, describe: 'floor.c (or a built floor binary)' })
       .option('json', { type: 'string', describe: 'write the results here as JSON' })
-      .option('remote', { type: 'boolean', default: true, describe: 'also measure lazy pages from a page server over loopback (--no-remote to skip)' })
-      .option('chunk', { type: 'number', describe: 'background request size in bytes' }),
+      .option('remote', { type: 'boolean', describe: 'also measure lazy pages from a page server over loopback (default; --no-remote to skip); with --criu: the remote variant instead of the local one' })
+      .option('chunk', { type: 'number', describe: 'background request size in bytes' })
+      .option('criu', { type: 'string', describe: 'compare with `criu lazy-pages` on real dumps and restores instead (PATH of criu, else $CRIU, else ../shared/criu/build.sh)' })
+      .option('touches', { type: 'number', default: 8192, describe: 'with --criu: random pages the restored program touches first (each first touch timed)' })
+      .option('tree', { type: 'boolean', default: false, describe: 'with --criu: a 3-process tree, the memory and the touches split among them' })
+      .option('criu-v4', { type: 'boolean', default: false, describe: "with --criu: run criu lazy-pages at -v4 to count its pages on demand (slows CRIU's faults)" }),
   handler: async (argv) => {
+    if (argv.criu !== undefined) {
+      const o = validate(criuSchema, {
+        criu: argv.criu,
+        size: parseSize((argv.size as string | undefined) ?? '512M'),
+        touches: argv.touches,
+        runs: argv.runs,
+        tree: argv.tree,
+        remote: argv.remote ?? false,
+        criuV4: argv['criu-v4'],
+        json: argv.json,
+      });
+      await runCriuBench(o, (s) => process.stdout.write(`${s}\n`));
+      return;
+    }
     const o = validate(schema, {
       ...argv,
-      size: parseSize(argv.size as string),
+      size: parseSize((argv.size as string | undefined) ?? '64M'),
+      remote: argv.remote ?? true,
       bulkSize: parseSize(argv['bulk-size'] as string),
     });
     await runBench(o);

@@ -1,0 +1,235 @@
+/**
+ * `lazy-pages bench --criu`: `criu lazy-pages` and `lazy-pages daemon` side by side on a real
+ * restore, as a user would run them. A program (prog.c) fills SIZE of private anonymous memory with
+ * a known pattern and is dumped by the real CRIU; `criu restore --lazy-pages` brings it back in a
+ * new pid namespace, served by one daemon or the other, interleaved run by run (CRIU, ours, CRIU,
+ * ours, ...) so that the noise of the machine hits both alike; medians are reported.
+ *
+ * Local: one plain dump restored run after run (pages from pages-*.img). Remote: before every run a
+ * fresh `criu dump --lazy-pages` serves the pages over loopback, both daemons use --page-server,
+ * and ours also runs with --no-background to give its fault latency alone (issue #8).
+ */
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { UserError } from '../../errors.js';
+import { Checkpoint, PAGE_SIZE, pageStats } from '../../images/index.js';
+import { compile, packageRoot } from './compile.js';
+import { lazyDump, plainDump, waitGone } from './dump.js';
+import { locateCriu, type CriuBinary } from './locate-criu.js';
+import { BenchFailure, startProgram, type ProgramSpec } from './program.js';
+import { raisePipeMaxSize, withProcs, type Procs, type Tracked } from './procs.js';
+import { formatTable, machine, mediansOf, ratios, remoteFault, writeJson, type ReportContext } from './report.js';
+import { restoreRun, type DaemonKind, type RunResult, type RunSetup } from './restore-run.js';
+
+export interface CriuBenchOptions {
+  /** --criu value: a path, or '' to find one ($CRIU, then ../shared/criu/build.sh). */
+  criu: string;
+  size: number;
+  touches: number;
+  runs: number;
+  tree: boolean;
+  remote: boolean;
+  criuV4: boolean;
+  json?: string;
+}
+
+const PATTERN_SEED = 0x5eed;
+
+interface Plan {
+  daemon: DaemonKind;
+  background: boolean;
+}
+
+async function lazyBytesOf(imagesDir: string): Promise<number> {
+  const ck = await Checkpoint.open(imagesDir);
+  return ck.processes.reduce((n, p) => n + Number(pageStats(p).lazyPages), 0) * PAGE_SIZE;
+}
+
+function describe(r: RunResult): string {
+  const f = (x: number | null, d = 0) => (x === null ? '—' : x.toFixed(d));
+  return (
+    `all in ${r.allInS.toFixed(3)} s, touches ${r.touchTotalMs.toFixed(0)} ms (p50 ${r.touchP50Us.toFixed(1)} µs, p99 ${r.touchP99Us.toFixed(1)} µs; ` +
+    `${r.touchFaults} faulted, p50 ${r.faultP50Us.toFixed(1)} µs), ` +
+    `read ${r.fullReadMs.toFixed(0)} ms, CPU ${r.daemonCpuS.toFixed(2)} s, RSS ${r.daemonPeakRssMiB.toFixed(0)} MiB, ` +
+    `faults ${r.programFaults}, on demand ${f(r.pagesOnDemand)}, wrong words ${r.wrongWords}`
+  );
+}
+
+export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void): Promise<void> {
+  if (process.getuid?.() !== 0) throw new UserError('EPERM', 'bench --criu: run as root (criu dump and criu restore need it)');
+  const criu = locateCriu(o.criu);
+  const oursBin = join(packageRoot, 'bin', 'lazy-pages.js');
+  if (!existsSync(join(packageRoot, 'dist', 'cli', 'main.js'))) throw new UserError('ENODIST', 'bench --criu: dist/ is not built (npm run build:ts)');
+  const spec: ProgramSpec = { bin: compile('prog.c'), shape: o.tree ? 'tree' : 'single', size: o.size, touches: o.touches, patternSeed: PATTERN_SEED };
+  const rusage = compile('rusage.c');
+  const sizeMiB = o.size / (1 << 20);
+  const ctx: ReportContext = {
+    title:
+      `CRIU ${criu.version} vs lazy-pages, ${o.remote ? 'remote: `criu dump --lazy-pages` as the page server over loopback' : 'local: pages from pages-*.img'}, ` +
+      `${o.tree ? 'a 3-process tree' : 'one process'}, ${sizeMiB} MiB, ${o.touches} touches`,
+    sizeMiB,
+    touches: o.touches,
+    runs: o.runs,
+    remote: o.remote,
+    tree: o.tree,
+  };
+  say(`criu: ${criu.path} (${criu.version}, from ${criu.from}); ours: ${process.execPath} ${oursBin}`);
+  say(`${ctx.title}, ${o.runs} run${o.runs === 1 ? '' : 's'} of each daemon, interleaved${o.criuV4 ? '; criu lazy-pages runs at -v4 to count its pages' : ''}`);
+
+  const plans: Plan[] = [
+    { daemon: 'criu', background: true },
+    { daemon: 'ours', background: true },
+    ...(o.remote ? [{ daemon: 'ours', background: false } as Plan] : []),
+  ];
+  const runs: RunResult[] = [];
+  const failures: { run: number; daemon: DaemonKind; background: boolean; error: string }[] = [];
+  let lazyBytes = 0;
+  let work = '';
+  await withProcs(async (procs) => {
+    work = mkdtempSync(join(tmpdir(), 'lazy-pages-bench-criu-'));
+    let keep = false;
+    // the logs of a failed run stay for a look (the page images go)
+    procs.onCleanup(() => (keep ? dropPageImages(work) : rmSync(work, { recursive: true, force: true })));
+    try {
+      await measure(procs, work);
+    } catch (e) {
+      if (!(e instanceof BenchFailure)) throw e;
+      keep = true;
+      throw new BenchFailure(`${e.detail} [logs kept in ${work}]`);
+    }
+    keep = failures.length > 0;
+  });
+
+  /** One run; a failure is reported at once, recorded, and the other runs go on. */
+  async function attempt(i: number, p: Plan, run: () => Promise<RunResult>): Promise<void> {
+    try {
+      const r = await run();
+      runs.push(r);
+      say(`run ${i + 1}/${o.runs} ${label(p).padEnd(22)} ${describe(r)}`);
+    } catch (e) {
+      if (!(e instanceof BenchFailure)) throw e;
+      failures.push({ run: i + 1, daemon: p.daemon, background: p.background, error: e.detail });
+      say(`run ${i + 1}/${o.runs} ${label(p).padEnd(22)} FAILED: ${e.detail}`);
+    }
+  }
+
+  async function measure(procs: Procs, work: string): Promise<void> {
+    const base = (imagesDir: string, programDir: string): RunSetup => ({
+      criu: criu.path,
+      rusage,
+      oursCmd: [process.execPath, oursBin],
+      imagesDir,
+      programDir,
+      shape: spec.shape,
+      lazyBytes,
+      timeoutMs: 60_000 + (o.size / (4 << 20)) * 1000,
+      criuV4: o.criuV4,
+    });
+    if (!o.remote) {
+      const programDir = join(work, 'program');
+      const imagesDir = join(work, 'images');
+      mkdirSync(programDir);
+      mkdirSync(imagesDir);
+      const prog = await startProgram(procs, spec, programDir);
+      await plainDump(procs, criu.path, prog, imagesDir);
+      lazyBytes = await lazyBytesOf(imagesDir);
+      say(`dumped: ${(lazyBytes / 2 ** 20).toFixed(1)} MiB of lazy pages`);
+      for (let i = 0; i < o.runs; i++) {
+        for (const p of plans) {
+          await attempt(i, p, () => restoreRun(procs, base(imagesDir, programDir), { ...p, touchSeed: i + 1, workDir: join(work, `run-${i}-${p.daemon}`) }));
+        }
+      }
+    } else {
+      raisePipeMaxSize(procs);
+      for (let i = 0; i < o.runs; i++) {
+        for (const p of plans) {
+          const dir = join(work, `run-${i}-${label(p).replace(/\W+/g, '-')}`);
+          await attempt(i, p, () => remoteRun(procs, criu, spec, dir, base, p, i + 1, (b) => (lazyBytes = b)));
+        }
+      }
+    }
+  }
+
+  const pick = (d: DaemonKind, bg: boolean) => runs.filter((r) => r.daemon === d && r.background === bg);
+  const medians = {
+    criu: mediansOf(pick('criu', true)),
+    ours: mediansOf(pick('ours', true)),
+    ...(o.remote ? { oursNoBackground: mediansOf(pick('ours', false)) } : {}),
+  };
+  say('');
+  say(formatTable(ctx, medians.criu, medians.ours, medians.oursNoBackground));
+  const rf = medians.oursNoBackground ? remoteFault(medians.ours, medians.oursNoBackground) : undefined;
+  if (rf) {
+    say('');
+    say(`remote fault p50 of ours (touches that faulted; CRIU's lazy dump as the server): alone (--no-background) ${rf.aloneP50Us.toFixed(1)} µs, ` +
+      `during the background stream ${rf.duringBackgroundP50Us.toFixed(1)} µs: ${rf.ratio.toFixed(2)}× (issue #8 target ≤ 2×: ${rf.met ? 'met' : 'MISSED'})`);
+  }
+  say(`(every word of every run checked: ${runs.reduce((n, r) => n + r.wrongWords, 0)} wrong${failures.length ? `; ${failures.length} run(s) FAILED and are not in the medians` : ''})`);
+  if (o.json) {
+    writeJson(o.json, {
+      date: new Date().toISOString(),
+      machine: machine(),
+      criu,
+      ours: { node: process.execPath, bin: oursBin },
+      options: o,
+      variant: { where: o.remote ? 'remote' : 'local', shape: spec.shape, sizeBytes: o.size, touches: o.touches, lazyBytes },
+      runs,
+      medians,
+      ratios: ratios(medians.ours, medians.criu),
+      remoteFault: rf,
+      failures,
+    });
+    say(`results written to ${o.json}`);
+  }
+  if (failures.length) {
+    const f = failures[0];
+    throw new BenchFailure(`${failures.length} of ${runs.length + failures.length} runs FAILED; first (run ${f.run}, ${label(f)}): ${f.error} [logs kept in ${work}]`);
+  }
+}
+
+/** Removes the pages-*.img files under `dir` (hundreds of MiB), keeping the logs. */
+function dropPageImages(dir: string): void {
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) dropPageImages(p);
+    else if (/^pages-\d+\.img$/.test(e.name)) rmSync(p, { force: true });
+  }
+}
+
+function label(p: Plan): string {
+  return p.daemon === 'criu' ? 'criu lazy-pages' : p.background ? 'lazy-pages daemon' : 'lazy-pages, no bg';
+}
+
+/** A remote run: a fresh program, its lazy dump serving the pages, one restore, the dump's exit. */
+async function remoteRun(
+  procs: Procs,
+  criu: CriuBinary,
+  spec: ProgramSpec,
+  dir: string,
+  setup: (imagesDir: string, programDir: string) => RunSetup,
+  p: Plan,
+  touchSeed: number,
+  gotLazyBytes: (b: number) => void,
+): Promise<RunResult> {
+  const programDir = join(dir, 'program');
+  const imagesDir = join(dir, 'images');
+  mkdirSync(programDir, { recursive: true });
+  mkdirSync(imagesDir);
+  const prog = await startProgram(procs, spec, programDir);
+  let dump: Tracked | undefined;
+  try {
+    const lazy = await lazyDump(procs, criu.path, prog, imagesDir);
+    dump = lazy.dump;
+    const lazyBytes = await lazyBytesOf(imagesDir);
+    gotLazyBytes(lazyBytes);
+    const r = await restoreRun(procs, { ...setup(imagesDir, programDir), lazyBytes }, { ...p, touchSeed, workDir: join(dir, 'work'), pageServer: { address: '127.0.0.1', port: lazy.port } });
+    await waitGone(dump, 30_000, 'criu dump --lazy-pages did not exit after the restore had every page');
+    rmSync(dir, { recursive: true, force: true }); // a failed run's logs stay
+    return r;
+  } finally {
+    if (dump) await procs.stop(dump);
+    await procs.stop(prog.main);
+  }
+}
