@@ -1,13 +1,14 @@
 // Every kind of bad image ends in one ImageError naming the file and offset (never a crash).
 import test, { type ExecutionContext } from 'ava';
-import { cpSync, mkdtempSync, rmSync, readFileSync, writeFileSync, truncateSync, unlinkSync, symlinkSync, appendFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, rmSync, readFileSync, writeFileSync, truncateSync, unlinkSync, symlinkSync, appendFileSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { create, toBinary } from '@bufbuild/protobuf';
-import { Checkpoint, ImageError, writeSyntheticCheckpoint } from '../ts/images/index.js';
+import { Checkpoint, ImageError, machineMemoryBytes, writeSyntheticCheckpoint, type CheckpointOptions } from '../ts/images/index.js';
 import { MAGIC, PE_LAZY, PE_PARENT, PE_PRESENT } from '../ts/images/constants.js';
 import { PagemapEntrySchema, PagemapHeadSchema } from '../ts/images/gen/criu/pagemap_pb.js';
 import { encodeRecords } from '../ts/images/writer.js';
+import { hugeVmaCheckpoint } from './images-helpers.js';
 
 const PID = 1_100_000;
 let base: string;
@@ -25,8 +26,8 @@ function copy(t: ExecutionContext): string {
   return d;
 }
 
-async function bad(t: ExecutionContext, dir: string, file: RegExp, offset: number | undefined, msg: RegExp): Promise<void> {
-  const e = await t.throwsAsync(Checkpoint.open(dir), { instanceOf: ImageError });
+async function bad(t: ExecutionContext, dir: string, file: RegExp, offset: number | undefined, msg: RegExp, opts?: CheckpointOptions): Promise<void> {
+  const e = await t.throwsAsync(Checkpoint.open(dir, opts), { instanceOf: ImageError });
   if (!e) return;
   const err = e as ImageError;
   t.is(err.code, 'EBADIMAGE');
@@ -200,4 +201,88 @@ test('not a directory, missing dir', async (t) => {
   await bad(t, '/nonexistent-images-dir', /nonexistent/, 0, /cannot be opened/);
   const d = copy(t);
   await bad(t, path.join(d, 'inventory.img'), /inventory/, 0, /not a directory/);
+});
+
+// ---- Bounded images (issue 10, item 5): a claim that no VMA, pages file or machine can back is refused.
+
+const BASE = 0x100000000n;
+const TiB = 1n << 40n;
+const HUGE_PID = 1_100_100;
+
+async function huge(t: ExecutionContext, o: Omit<Parameters<typeof hugeVmaCheckpoint>[1], 'pid'>): Promise<{ dir: string; pagemapFile: string }> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'lp-huge-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return { dir, pagemapFile: await hugeVmaCheckpoint(dir, { pid: HUGE_PID, ...o }) };
+}
+
+/** This machine's RAM + swap is the default bound; on a machine with more than `bytes`, test with a smaller one. */
+function smallerThan(t: ExecutionContext, bytes: bigint): CheckpointOptions | undefined {
+  if (machineMemoryBytes() < bytes) return undefined;
+  t.log(`this machine has ${machineMemoryBytes()} bytes of RAM + swap: testing with a 1 GiB bound instead`);
+  return { maxProcessMemory: 1n << 30n };
+}
+
+const MEMORY = /pages 0x100000000-0x\w+ of this entry \(\d+ pages\) take pid 1100100's dumped memory to .* more than (this machine could ever back for one process \(RAM \+ swap: .*\): it cannot be restored here|the 1 GiB per process allowed)/;
+
+test('a 34-byte pagemap claiming 2^29 lazy pages in a 2 TiB VMA is refused naming the file', async (t) => {
+  const { dir, pagemapFile } = await huge(t, { vmaPages: 1n << 29n, entries: [{ vaddr: BASE, nr: 1n << 29n, flags: PE_LAZY }] });
+  t.is(statSync(pagemapFile).size, 34);
+  await bad(t, dir, new RegExp(`pagemap-${HUGE_PID}\\.img$`), 14, MEMORY, smallerThan(t, 2n * TiB));
+});
+
+test('the same claim with a sparse 2 TiB pages file (PE_PRESENT|PE_LAZY) is refused too; with a short one, the pages file is named', async (t) => {
+  const entries = [{ vaddr: BASE, nr: 1n << 29n, flags: PE_PRESENT | PE_LAZY }];
+  const { dir } = await huge(t, { vmaPages: 1n << 29n, entries, pagesBytes: 2n * TiB });
+  await bad(t, dir, new RegExp(`pagemap-${HUGE_PID}\\.img$`), 14, MEMORY, smallerThan(t, 2n * TiB));
+  const { dir: d2 } = await huge(t, { vmaPages: 1n << 29n, entries, pagesBytes: 4096n });
+  await bad(t, d2, /pages-1\.img$/, 4096, /pages file is 4096 bytes but .* needs exactly 2199023255552 \(536870912 present pages\): too short/);
+});
+
+test('above 2^32 pages: an ImageError, not "Invalid typed array length"', async (t) => {
+  const nr = (1n << 32n) + 1n;
+  const { dir } = await huge(t, { vmaPages: 1n << 33n, entries: [{ vaddr: BASE, nr, flags: PE_LAZY }] });
+  await bad(t, dir, new RegExp(`pagemap-${HUGE_PID}\\.img$`), 14, MEMORY, smallerThan(t, 16n * TiB));
+  // On a machine that could back it, it is a valid checkpoint (served in O(ranges): pageset.test.ts).
+  const c = await Checkpoint.open(dir, { maxProcessMemory: 1n << 60n });
+  t.is(c.processes[0]!.lazyBytes, nr * 4096n);
+});
+
+test('a huge VMA with a small number of lazy pages is accepted', async (t) => {
+  const { dir } = await huge(t, {
+    vmaPages: 1n << 29n,
+    entries: [
+      { vaddr: BASE, nr: 256n, flags: PE_LAZY },
+      { vaddr: BASE + TiB, nr: 1n, flags: PE_LAZY },
+      { vaddr: BASE + 2n * TiB - 10n * 4096n, nr: 10n, flags: PE_LAZY },
+    ],
+  });
+  const c = await Checkpoint.open(dir);
+  const p = c.processes[0]!;
+  t.is(p.lazyBytes, 267n * 4096n);
+  t.deepEqual(p.lazyRanges.map((r) => [r.start, r.end]), [
+    [BASE, BASE + 256n * 4096n], [BASE + TiB, BASE + TiB + 4096n], [BASE + 2n * TiB - 10n * 4096n, BASE + 2n * TiB],
+  ]);
+});
+
+test('a lazy entry reaching past its 2 TiB VMA is refused as lying in no VMA', async (t) => {
+  const { dir } = await huge(t, { vmaPages: 1n << 29n, entries: [{ vaddr: BASE + 2n * TiB - 4096n, nr: 1n << 40n, flags: PE_LAZY }] });
+  await bad(t, dir, /pagemap-/, 14, new RegExp(`page 0x${(BASE + 2n * TiB).toString(16)} of pid ${HUGE_PID} lies in no VMA`), { maxProcessMemory: 1n << 62n });
+  await bad(t, dir, /pagemap-/, 14, /lies in no VMA/);
+});
+
+test('nr_pages so large the entry runs past 2^64, or a PE_PRESENT claim of 2^52 pages against an empty pages file', async (t) => {
+  const { dir } = await huge(t, { vmaPages: 1n, entries: [{ vaddr: BASE, nr: (1n << 64n) - 1n, flags: PE_LAZY }] });
+  await bad(t, dir, /pagemap-/, 14, /runs past the end of the address space/);
+  const { dir: d2 } = await huge(t, { vmaPages: 1n, entries: [{ vaddr: 0n, nr: 1n << 52n, flags: PE_PRESENT | PE_LAZY }], pagesBytes: 0n });
+  await bad(t, d2, /pages-1\.img$/, 0, /needs exactly 18446744073709551616 \(4503599627370496 present pages\): too short/);
+});
+
+test('the memory bound is per process, not per checkpoint (forks share pages copy-on-write)', async (t) => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'lp-tree-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  await writeSyntheticCheckpoint({ out: dir, size: 64 * 4096, vmas: 2, procs: 3, pidBase: 1_100_200 });
+  const c = await Checkpoint.open(dir, { maxProcessMemory: 64n * 4096n });
+  t.is(c.processes.length, 3);
+  await bad(t, dir, /pagemap-1100200\.img$/, undefined, /take pid 1100200's dumped memory to 256 KiB \(64 pages\), more than the 252 KiB per process allowed \(maxProcessMemory\)$/,
+    { maxProcessMemory: 63n * 4096n });
 });

@@ -16,6 +16,7 @@ export {
   writeSyntheticCheckpoint,
   PAGE_SIZE,
   type DataLocation,
+  type CheckpointOptions,
   type PageRange,
   type ProcessImage,
   type Vma,

@@ -2,14 +2,15 @@
  * Which lazy pages of one process are still owed to it, by IMAGE address.
  *
  * Every lazy page of a checkpointed process gets a dense index (its place in the process's sorted
- * lazy image ranges). Two byte maps over those indexes record what is left to transfer and what is
- * in flight. Identity by image address is what keeps this correct across mremap: the kernel moves
+ * lazy image ranges). Two sets of runs over those indexes record what is left to transfer and what
+ * is in flight. Identity by image address is what keeps this correct across mremap: the kernel moves
  * pages between LIVE addresses, but the data a page needs never changes its image address.
  *
- * A fork copies the maps (the child is owed everything the parent still is, in-flight pages
+ * A fork copies the runs (the child is owed everything the parent still is, in-flight pages
  * included: CRIU re-queues those for the child too).
  */
 import { PAGE_SIZE, type DataLocation, type PageRange } from '../images/index.js';
+import { RunSet } from './runset.js';
 
 const PAGE = BigInt(PAGE_SIZE);
 
@@ -67,6 +68,18 @@ export class ImageIndex {
     return -1;
   }
 
+  /** Index of the first range ending after image address `addr` (ranges.length when none). O(log n). */
+  rangeFrom(addr: bigint): number {
+    let lo = 0;
+    let hi = this.ranges.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.ranges[mid].end > addr) hi = mid;
+      else lo = mid + 1;
+    }
+    return lo;
+  }
+
   /** Dense page index of image address `addr`, or -1 when it is not a lazy page. */
   pageOf(addr: bigint): number {
     const i = this.rangeOf(addr);
@@ -103,72 +116,62 @@ function continues(last: IndexedRange, r: PageRange): boolean {
   return a.offset + (last.end - last.start) === b.offset;
 }
 
-/** Remaining / in-flight state of one process's lazy pages. */
+/**
+ * Remaining / in-flight state of one process's lazy pages, as two sets of runs of dense pages:
+ * memory O(runs), not O(pages) (a 2 TiB process costs what a 2 MiB one does until faults split its
+ * runs), and a fork copies the runs, not a byte per page.
+ *
+ * Arguments are integer dense page indexes; ranges are clipped to [0, totalPages).
+ */
 export class PageSet {
   readonly index: ImageIndex;
-  /** 1 = the page's data has not been confirmed installed in the process. */
-  private readonly left: Uint8Array;
-  /** 1 = a request for the page is queued or running in the native core. */
-  private readonly flying: Uint8Array;
-  private leftCount: number;
-  /**
-   * Every dense page below this one is settled or in flight. Scans start here, so picking the next
-   * background chunk does not rescan the drained part of a large process again and again (that made
-   * the JS thread compete with the copies for the CPU: O(pages²) over a drain).
-   */
-  private hint = 0;
+  /** Pages whose data has not been confirmed installed in the process. */
+  private readonly left: RunSet;
+  /** Pages a request is queued or running for in the native core (settled pages may be in it too). */
+  private readonly flying: RunSet;
 
   constructor(index: ImageIndex, from?: PageSet) {
     this.index = index;
-    if (from) {
-      this.left = from.left.slice();
-      // In-flight pages of the parent are owed to the child: they are "left", not in flight, here.
-      this.flying = new Uint8Array(index.totalPages);
-      this.leftCount = from.leftCount;
-    } else {
-      this.left = new Uint8Array(index.totalPages).fill(1);
-      this.flying = new Uint8Array(index.totalPages);
-      this.leftCount = index.totalPages;
-    }
+    // In-flight pages of the parent are owed to the child: they are "left", not in flight, here.
+    this.left = from ? from.left.clone() : RunSet.range(0, index.totalPages);
+    this.flying = new RunSet();
   }
 
   /** Pages still owed (in flight included). */
   get remaining(): number {
-    return this.leftCount;
+    return this.left.size;
+  }
+
+  /** Runs the state is made of (what its memory is proportional to). */
+  get runs(): number {
+    return this.left.runs + this.flying.runs;
   }
 
   isLeft(page: number): boolean {
-    return this.left[page] === 1;
+    return Number.isInteger(page) && this.left.has(page);
   }
 
   isFlying(page: number): boolean {
-    return this.flying[page] === 1;
+    return Number.isInteger(page) && this.flying.has(page);
   }
 
   /** Pages [first, first+n) are installed (or gone for good): nothing more is owed for them. */
   settle(first: number, n: number): number {
-    let settled = 0;
-    const end = Math.min(first + n, this.left.length);
-    for (let p = Math.max(first, 0); p < end; p++) {
-      if (this.left[p] === 1) {
-        this.left[p] = 0;
-        settled++;
-      }
-      this.flying[p] = 0;
-    }
-    this.leftCount -= settled;
-    return settled;
+    const a = Math.max(first, 0);
+    const b = Math.min(first + n, this.index.totalPages);
+    if (!(a < b)) return 0;
+    this.flying.remove(a, b);
+    return this.left.remove(a, b);
   }
 
   /** Mark [first, first+n) as requested. */
   fly(first: number, n: number): void {
-    this.flying.fill(1, first, first + n);
+    this.flying.add(Math.max(first, 0), Math.min(first + n, this.index.totalPages));
   }
 
   /** A request for [first, first+n) ended without installing those pages: they are owed again. */
   land(first: number, n: number): void {
-    this.flying.fill(0, first, first + n);
-    if (first < this.hint) this.hint = first;
+    this.flying.remove(Math.max(first, 0), Math.min(first + n, this.index.totalPages));
   }
 
   /**
@@ -179,26 +182,28 @@ export class PageSet {
    * only at pages in flight): those are present in the process, so the native copy skips each with
    * one EEXIST, which costs far less than a request of its own. After random faults the owed pages
    * are fragmented into runs of a few pages, and one request per run made the background a JS round
-   * trip per few pages.
+   * trip per few pages. The run never ends on settled pages (its tail would be copied for nothing).
+   *
+   * O(log runs) per in-flight run skipped: settled pages are skipped a run at a time, never a page.
    */
   nextRun(from: number, to: number, max: number, overSettled = false): [number, number] | undefined {
     const left = this.left;
     const flying = this.flying;
-    const fromHint = from <= this.hint;
-    let p = fromHint ? this.hint : from;
-    while (p < to && (left[p] === 0 || flying[p] === 1)) p++;
-    // Everything between the hint and p was just seen unavailable.
-    if (fromHint) this.hint = p;
-    if (p >= to) return undefined;
+    if (to > this.index.totalPages) to = this.index.totalPages;
+    let p = from > 0 ? from : 0;
+    for (;;) {
+      p = left.nextIn(p);
+      if (p >= to) return undefined;
+      const q = flying.nextOut(p);
+      if (q === p) break;
+      p = q; // skip the whole in-flight run
+    }
     const start = p;
     const limit = Math.min(to, start + max);
-    if (overSettled) {
-      while (p < limit && flying[p] === 0) p++;
-      // Do not end on settled pages: the run's tail would be copied for nothing.
-      while (p > start + 1 && left[p - 1] === 0) p--;
-    } else {
-      while (p < limit && left[p] === 1 && flying[p] === 0) p++;
-    }
-    return [start, p - start];
+    if (limit <= start) return [start, 0];
+    let end = Math.min(limit, flying.nextIn(start));
+    if (overSettled) end = left.lastIn(end - 1) + 1; // start is owed: end > start
+    else end = Math.min(end, left.nextOut(start));
+    return [start, end - start];
   }
 }

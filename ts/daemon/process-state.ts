@@ -105,17 +105,15 @@ export class ProcessState {
   /** The native core installed [image, image+len) for this process. */
   settleImage(image: bigint, len: bigint): number {
     let settled = 0;
-    for (let a = image; a < image + len; ) {
-      const ri = this.index.rangeOf(a);
-      if (ri < 0) {
-        a += PAGE;
-        continue;
-      }
+    const stop = image + len;
+    // Range by range (gaps between lazy ranges are skipped whole, not page by page).
+    for (let ri = this.index.rangeFrom(image); ri < this.index.ranges.length; ri++) {
       const r = this.index.ranges[ri];
-      const end = image + len < r.end ? image + len : r.end;
+      if (r.start >= stop) break;
+      const a = image > r.start ? image : r.start;
+      const end = stop < r.end ? stop : r.end;
       const first = r.firstPage + Number((a - r.start) / PAGE);
       settled += this.pages.settle(first, Number((end - a) / PAGE));
-      a = end;
     }
     return settled;
   }

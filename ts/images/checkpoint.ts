@@ -14,6 +14,7 @@ import { PstreeEntrySchema } from './gen/criu/pstree_pb.js';
 import type { DataLocation, PageRange } from './page-index.js';
 import { loadPagemap } from './pagemap.js';
 import { ParentDir, resolvePagemap } from './parent.js';
+import { memoryBound, type CheckpointOptions, type MemoryBound } from './limits.js';
 import { imageFile, realDir, requireImageFile } from './paths.js';
 import { buildProcess, pageStats, type ProcessImage, type TaskInfo, type TaskState } from './process.js';
 import { toVmas, type Vma } from './vma.js';
@@ -36,13 +37,18 @@ export class Checkpoint {
     this.byPid = new Map(processes.map((p) => [p.pid, p]));
   }
 
-  /** Parses and checks every image of `dir` the daemon needs. Bad input throws one ImageError. */
-  static async open(dir: string): Promise<Checkpoint> {
+  /**
+   * Parses and checks every image of `dir` the daemon needs. Bad input throws one ImageError, and
+   * so does a process claiming more memory than `opts.maxProcessMemory` (default: this machine's
+   * RAM + swap, see limits.ts).
+   */
+  static async open(dir: string, opts: CheckpointOptions = {}): Promise<Checkpoint> {
     const real = realDir(dir);
     readInventory(real);
     const tasks = readPstree(real);
     const here = new ParentDir(real, [real]);
-    const processes = tasks.map((t) => loadProcess(real, t, here));
+    const maxMemory = memoryBound(opts);
+    const processes = tasks.map((t) => loadProcess(real, t, here, maxMemory));
     return new Checkpoint(real, processes, readShmem(real));
   }
 
@@ -118,7 +124,7 @@ function readState(dir: string, pid: number): TaskState {
   }
 }
 
-function loadProcess(dir: string, t: Omit<TaskInfo, 'state'>, here: ParentDir): ProcessImage {
+function loadProcess(dir: string, t: Omit<TaskInfo, 'state'>, here: ParentDir, maxMemory: MemoryBound): ProcessImage {
   const state = readState(dir, t.pid);
   const task: TaskInfo = { ...t, state };
   // Zombie/dead tasks have no memory: CRIU writes no mm or pagemap for them.
@@ -129,7 +135,7 @@ function loadProcess(dir: string, t: Omit<TaskInfo, 'state'>, here: ParentDir): 
   const vmas = toVmas(mmFile, mmRecs[0]!.rec.offset, mmRecs[0]!.msg.vmas);
   const pm = loadPagemap(dir, `pagemap-${t.pid}.img`);
   if (!pm) throw new ImageError(path.join(dir, `pagemap-${t.pid}.img`), 0, `file is missing (pid ${t.pid} is in pstree.img)`);
-  return buildProcess(task, vmas, pm.pagesId, resolvePagemap(pm, here, t.pid));
+  return buildProcess(task, vmas, pm.pagesId, resolvePagemap(pm, here, t.pid), maxMemory);
 }
 
 function readShmem(dir: string): ShmemInfo[] {

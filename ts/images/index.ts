@@ -8,5 +8,6 @@ export { PageIndex } from './page-index.js';
 export type { ProcessImage, TaskState } from './process.js';
 export { pageStats } from './process.js';
 export { Checkpoint, type ShmemInfo } from './checkpoint.js';
+export { machineMemoryBytes, type CheckpointOptions } from './limits.js';
 export { writeSyntheticCheckpoint, type SynthOptions } from './synth.js';
 export { patternWord, fillPatternPage, checkPatternPage } from './pattern.js';

@@ -4,6 +4,7 @@
  */
 import { PAGE_SIZE_N } from './constants.js';
 import { ImageError, hex } from './errors.js';
+import { formatBytes, type MemoryBound } from './limits.js';
 import { PageIndex, clip, type DataLocation, type PageRange } from './page-index.js';
 import type { ResolvedPiece } from './parent.js';
 import { findVma, type Vma } from './vma.js';
@@ -34,13 +35,16 @@ export interface ProcessImage extends TaskInfo {
 /**
  * Builds the process model. `pieces` ascend and do not overlap (checked by the pagemap loader);
  * every page of them must lie in some VMA, and a piece may span adjacent VMAs, which is why
- * pieces are cut at every VMA end (one UFFDIO_COPY cannot cross VMAs).
+ * pieces are cut at every VMA end (one UFFDIO_COPY cannot cross VMAs). Together these mean a
+ * process never claims more pages than its VMAs hold; `maxMemory` (bytes) bounds what it may
+ * claim in all. O(pieces + VMAs), whatever the number of pages.
  */
-export function buildProcess(task: TaskInfo, vmas: Vma[], pagesId: number, pieces: ResolvedPiece[]): ProcessImage {
+export function buildProcess(task: TaskInfo, vmas: Vma[], pagesId: number, pieces: ResolvedPiece[], maxMemory?: MemoryBound): ProcessImage {
   const lazyRanges: PageRange[] = [];
   const eagerRanges: PageRange[] = [];
   const all: PageRange[] = [];
   let lazyBytes = 0n;
+  let dataBytes = 0n;
   for (const p of pieces) {
     let at = p.start;
     let vi = findVma(vmas, at);
@@ -59,6 +63,14 @@ export function buildProcess(task: TaskInfo, vmas: Vma[], pagesId: number, piece
       all.push(piece);
       at = cut;
       vi++;
+    }
+    // Every page of the entry is in a VMA (and entries never overlap): now its size is known to be
+    // real address space, check it against what this machine could ever hold (see limits.ts).
+    dataBytes += p.end - p.start;
+    if (maxMemory !== undefined && dataBytes > maxMemory.bytes) {
+      throw new ImageError(p.file, p.recOffset,
+        `pages ${hex(p.start)}-${hex(p.end)} of this entry (${(p.end - p.start) / PAGE_SIZE_N} pages) take pid ${task.pid}'s dumped memory ` +
+        `to ${formatBytes(dataBytes)} (${dataBytes / PAGE_SIZE_N} pages), ${maxMemory.what}`);
     }
   }
   const index = new PageIndex(all);
