@@ -197,7 +197,7 @@ const clientCases: { name: string; reply: (s: net.Socket, h: ReturnType<typeof r
       s.write(Buffer.alloc(Number(h.nrPages) * 2048));
       setTimeout(() => s.destroy(), 20);
     },
-    error: /closed the (background|urgent) connection with 1 request\(s\) unanswered in the middle of a reply/,
+    error: /closed the connection with 2 request\(s\) unanswered in the middle of a reply/,
   },
   {
     name: 'sends a wrong header',
@@ -222,7 +222,7 @@ const clientCases: { name: string; reply: (s: net.Socket, h: ReturnType<typeof r
   {
     name: 'stalls',
     reply: () => undefined,
-    error: /no data for 300 ms on the (background|urgent) connection with 1 request\(s\) pending/,
+    error: /no data for 300 ms with 2 request\(s\) pending/,
   },
 ];
 

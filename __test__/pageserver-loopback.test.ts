@@ -36,7 +36,7 @@ test('small and big fetches return the pages file bytes; urgent and background m
   await src.close();
   await srv.close();
   const ended = events.filter((e) => e.type === 'session-ended');
-  t.is(ended.length, 2, 'one source = a background and an urgent connection');
+  t.is(ended.length, 1, 'one source = one connection (CRIU\'s page servers accept no second one)');
   t.true(ended.every((e) => e.type === 'session-ended' && e.reason === 'close' && e.ok));
 });
 
@@ -76,13 +76,13 @@ test('four clients at once, then many sessions in a row, on one server', async (
   await Promise.all([0, 1, 2, 3].map(one));
   for (let k = 0; k < 12; k++) await one(k);
   await new Promise((r) => setTimeout(r, 20));
-  t.is(srv.sessions, 16 * 2);
+  t.is(srv.sessions, 16);
   t.is(srv.active, 0);
 });
 
 test('CLI: --port 0 prints the real port; --sessions N serves N sessions and exits 0', async (t) => {
   const ck = await synthCheckpoint(t, { size: 1 << 20, vmas: 1 });
-  const cli = startCliServer(t, ['-D', ck.dir, '--port', '0', '--sessions', '4']);
+  const cli = startCliServer(t, ['-D', ck.dir, '--port', '0', '--sessions', '2']);
   const port = await cli.port;
   const p = ck.processes[0]!;
   for (let i = 0; i < 2; i++) {
@@ -93,7 +93,7 @@ test('CLI: --port 0 prints the real port; --sessions N serves N sessions and exi
   }
   const end = await cli.exit;
   t.is(end.code, 0, end.stderr);
-  t.regex(end.stderr, /stopped after 4 session/);
+  t.regex(end.stderr, /stopped after 2 session/);
 });
 
 test('CLI: bad options and a bad images dir give one line and exit 1', async (t) => {

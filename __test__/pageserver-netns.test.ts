@@ -58,7 +58,7 @@ if (!hasIp()) {
   test.serial('page server in one namespace, client in another, over a veth pair', async (t) => {
     const ck = await synthCheckpoint(t, { size: 8 << 20, vmas: 3, procs: 2 });
     const net = makeNetnsPair(t);
-    const srv = startCliServer(t, ['-D', ck.dir, '--address', net.addr1, '--port', '0', '--sessions', '2'], ['ip', 'netns', 'exec', net.ns1]);
+    const srv = startCliServer(t, ['-D', ck.dir, '--address', net.addr1, '--port', '0', '--sessions', '1'], ['ip', 'netns', 'exec', net.ns1]);
     const port = await srv.port;
     const r = await clientIn(t, net.ns2, { address: net.addr1, port, dir: ck.dir });
     t.true(r.ok, String(r.error));

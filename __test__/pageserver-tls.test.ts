@@ -4,6 +4,7 @@
  */
 import test from 'ava';
 import { readFileSync } from 'node:fs';
+import net from 'node:net';
 import tls from 'node:tls';
 import { UserError } from '../ts/errors.js';
 import { startPageServer, type PageServerEvent } from '../ts/pageserver/index.js';
@@ -71,6 +72,85 @@ tlsTest('the client checks the server name against --address unless noCnVerify',
   const b = await src.fetch(p.pid, p.vmas[0]!.start, 4, true);
   t.true(b.equals(expectedPages(p, p.vmas[0]!.start, 4)));
   await src.close();
+});
+
+/**
+ * A TCP relay between a client and our server that cuts the server's byte stream into TLS records
+ * (5-byte header: type, version, length), so a test can see how replies are framed on the wire.
+ */
+async function recordTap(t: import('ava').ExecutionContext, serverPort: number): Promise<{ port: number; records: { type: number; len: number }[] }> {
+  const records: { type: number; len: number }[] = [];
+  const sockets = new Set<net.Socket>();
+  const relay = net.createServer((down) => {
+    const up = net.connect(serverPort, '127.0.0.1');
+    for (const s of [down, up]) {
+      sockets.add(s);
+      s.on('error', () => undefined);
+      s.on('close', () => (down.destroy(), up.destroy()));
+    }
+    down.pipe(up);
+    let acc = Buffer.alloc(0);
+    up.on('data', (d: Buffer) => {
+      acc = Buffer.concat([acc, d]);
+      while (acc.length >= 5 && acc.length >= 5 + acc.readUInt16BE(3)) {
+        records.push({ type: acc[0]!, len: acc.readUInt16BE(3) });
+        acc = acc.subarray(5 + acc.readUInt16BE(3));
+      }
+      down.write(d); // forwarded only once counted: the client never sees a record the tap missed
+    });
+  });
+  await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+  t.teardown(() => {
+    for (const s of sockets) s.destroy();
+    relay.close();
+  });
+  return { port: (relay.address() as net.AddressInfo).port, records };
+}
+
+tlsTest('replies are framed as CRIU reads them: header and data in TLS records of their own, nothing unasked after the handshake', async (t) => {
+  // CRIU's client reads a reply with one gnutls_record_recv per epoll wake-up: 32 bytes of header,
+  // then the data. What a record holds beyond that stays inside GnuTLS, invisible to epoll: a
+  // header sharing a record with its data (or data with the next header) hangs CRIU for good. And
+  // any record it did not ask for (TLS 1.3 session tickets) crashes it (BUG_ON, criu/page-xfer.c).
+  const pki = makePki(tempDir(t, 'ps-pki-'));
+  const ck = await synthCheckpoint(t, { size: 2 << 20, vmas: 1 });
+  const srv = await startPageServer({ imagesDir: ck.dir, tls: { cacert: pki.ca, ...pki.server } });
+  t.teardown(() => srv.close());
+  const tap = await recordTap(t, srv.port);
+  const s = tls.connect({ host: '127.0.0.1', port: tap.port, ca: readFileSync(pki.ca), cert: readFileSync(pki.client.cert), key: readFileSync(pki.client.key), checkServerIdentity: () => undefined });
+  t.teardown(() => void s.destroy());
+  s.on('error', () => undefined);
+  await new Promise<void>((r) => s.once('secureConnect', () => r()));
+  t.is(s.getProtocol(), 'TLSv1.2', 'TLS 1.3 servers send session tickets after the handshake, unasked');
+  const handshake = tap.records.length;
+  await new Promise((r) => setTimeout(r, 200));
+  t.is(tap.records.length, handshake, 'no record arrives before the first GET');
+
+  // Plaintext bytes per application-data record: the record minus the AEAD's explicit nonce and tag.
+  const overhead = /CHACHA20/.test(s.getCipher().name) ? 16 : 24;
+  const p = ck.processes[0]!;
+  const v = p.vmas[0]!.start;
+  const asks = [1, 20, 1, 3];
+  const want = asks.reduce((a, n) => a + 32 + n * 4096, 0);
+  let got = 0;
+  const all = new Promise<void>((r) => s.on('data', (d: Buffer) => (got += d.length) >= want && r()));
+  s.write(encodeGet(p.pid, v, 1)); // alone first: a fault
+  await new Promise((r) => setTimeout(r, 50));
+  for (const [i, n] of asks.slice(1).entries()) s.write(encodeGet(p.pid, v + BigInt(i + 1) * 4096n, n)); // pipelined
+  await all;
+  const plain = tap.records.slice(handshake).map((r) => {
+    t.is(r.type, 23, 'application data only');
+    return r.len - overhead;
+  });
+  // Each reply: one record holding exactly the 32-byte header, then records that add up exactly to its data.
+  let k = 0;
+  for (const n of asks) {
+    t.is(plain[k++], 32, `reply for ${n} page(s): the header is a record of its own (records ${JSON.stringify(plain)})`);
+    let data = 0;
+    while (data < n * 4096 && k < plain.length) data += plain[k++]!;
+    t.is(data, n * 4096, `reply for ${n} page(s): its data ends on a record boundary (records ${JSON.stringify(plain)})`);
+  }
+  t.is(k, plain.length);
 });
 
 tlsTest('missing TLS files are named by their option', async (t) => {

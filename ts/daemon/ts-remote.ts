@@ -25,7 +25,10 @@ export class TsRemote {
     private readonly host: TsRemoteHost,
   ) {}
 
-  /** A fault in a remote range: fetch its page ahead of any background data, then copy it in. */
+  /**
+   * A fault in a remote range: its GET goes on the wire at once (behind at most the source's
+   * small background window, never behind queued background fetches), then the page is copied in.
+   */
   fault(st: ProcessState, address: bigint): void {
     const live = address - (address % PAGE);
     const seg = st.live.find(live);

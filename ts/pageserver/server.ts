@@ -11,7 +11,7 @@ import type { PageServerEvent, PageServerEventHandler } from './events.js';
 import { startNativeEngine } from './native-engine.js';
 import { PageReader } from './page-reader.js';
 import { Session, type SessionOptions } from './session.js';
-import { loadTls, type TlsFiles } from './tls.js';
+import { loadTls, SERVER_TLS_PROTOCOL, type TlsFiles } from './tls.js';
 
 export interface PageServerOptions {
   imagesDir: string;
@@ -79,6 +79,7 @@ export async function startPageServer(opts: PageServerOptions): Promise<PageServ
     chunkBytes: opts.chunkBytes ?? 256 << 10,
     maxQueued: 1024,
     maxReplyPages: opts.maxReplyPages ?? Number.MAX_SAFE_INTEGER,
+    tlsRecords: tlsCtx !== undefined,
   };
 
   const live = new Set<Session>();
@@ -109,7 +110,7 @@ export async function startPageServer(opts: PageServerOptions): Promise<PageServ
   };
 
   const server: net.Server = tlsCtx
-    ? tls.createServer({ ...tlsCtx, requestCert: true, rejectUnauthorized: true }, onConnection)
+    ? tls.createServer({ ...tlsCtx, ...SERVER_TLS_PROTOCOL, requestCert: true, rejectUnauthorized: true }, onConnection)
     : net.createServer(onConnection);
   server.on('tlsClientError', (err: Error, socket: tls.TLSSocket) => {
     emit({ type: 'session-ended', session: 0, peer: peerOf(socket), reason: 'tls-handshake-failed', detail: err.message, ok: false, requests: 0, pagesSent: 0 });

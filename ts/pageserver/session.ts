@@ -11,6 +11,7 @@ import {
 import type { Catalog } from './catalog.js';
 import type { SessionEndReason } from './events.js';
 import type { PageReader } from './page-reader.js';
+import { recordWriter, streamWriter, type ReplyWriter } from './reply-writer.js';
 
 export interface SessionOptions {
   /** A reply the client does not read for this long ends the session (ms). */
@@ -21,6 +22,11 @@ export interface SessionOptions {
   maxQueued: number;
   /** Largest reply in pages; longer GETs are answered short and the client asks again. */
   maxReplyPages: number;
+  /**
+   * Frame replies for a TLS client that reads record by record (CRIU's): every header and every
+   * data piece in TLS records of its own (see reply-writer.ts).
+   */
+  tlsRecords?: boolean;
 }
 
 export interface SessionEnd {
@@ -49,8 +55,9 @@ export class Session {
   private ended = false;
   private requests = 0;
   private pagesSent = 0;
-  /** Rejects a pending drain wait when the socket goes away. */
+  /** Rejects a pending write wait when the socket goes away. */
   private onGone?: (e: EndSession) => void;
+  private readonly out: ReplyWriter;
   readonly done: Promise<SessionEnd>;
   private resolveDone!: (e: SessionEnd) => void;
 
@@ -61,6 +68,8 @@ export class Session {
     private readonly o: SessionOptions,
   ) {
     this.done = new Promise((r) => (this.resolveDone = r));
+    const wait = this.wait.bind(this);
+    this.out = o.tlsRecords ? recordWriter(socket, wait) : streamWriter(socket, wait);
     socket.setNoDelay(true);
     socket.on('data', (c: Buffer) => this.onData(c));
     socket.on('error', () => {
@@ -116,9 +125,9 @@ export class Session {
         if (this.socket.isPaused() && this.queue.length <= this.o.maxQueued / 2) this.socket.resume();
         this.requests++;
         await this.handle(h);
-        // Let other sessions in between big replies: a daemon's fault arrives on a connection of its
-        // own and must not wait until this one's whole pipeline of background replies is written.
-        if (h.nrPages > 1n) await new Promise<void>((r) => setImmediate(r));
+        // Let other sessions in between big replies: another restore's fault must not wait until this
+        // session's whole pipeline of background replies is written.
+        if (h.nrPages > 1n) await this.yieldTurn();
       }
     } catch (e) {
       this.finish(e instanceof EndSession ? e : new EndSession('image-error', (e as Error).message));
@@ -157,49 +166,53 @@ export class Session {
       return p;
     };
     let next = readAt(0);
-    let first = true;
+    let header: Buffer | undefined = encodeGetReply(pid, h.vaddr, pages);
     for (let done = 0; done < total;) {
       const buf = await next;
       if (this.ended) return;
       done += buf.length;
       // Read the next piece while this one is being sent: disk and socket work overlap.
       if (done < total) next = readAt(done);
-      let ok: boolean;
-      if (first) {
-        // Header and first data in one writev: a 1-page fault reply is a single segment.
-        this.socket.cork();
-        this.socket.write(encodeGetReply(pid, h.vaddr, pages));
-        ok = this.socket.write(buf);
-        this.socket.uncork();
-        first = false;
-      } else ok = this.socket.write(buf);
-      if (!ok) await this.drain();
-      else if (done < total) await new Promise<void>((r) => setImmediate(r)); // other sessions between pieces
+      await this.out.write(header ? [header, buf] : [buf]);
+      header = undefined;
+      if (done < total) await this.yieldTurn(); // other sessions between pieces
     }
     this.pagesSent += pages;
   }
 
-  /** Waits for the socket to take more data; a client that stops reading ends the session. */
-  private drain(): Promise<void> {
+  /**
+   * A turn of the event loop for other sessions. TLS replies already wait for every write to
+   * complete (which lets the loop run), so they need none of their own.
+   */
+  private yieldTurn(): Promise<void> {
+    return this.o.tlsRecords ? Promise.resolve() : new Promise<void>((r) => setImmediate(r));
+  }
+
+  /**
+   * Waits for the socket (a 'drain', a write's completion): a client that reads nothing for the
+   * stall timeout, a failed write or a hang-up ends the session.
+   */
+  private wait(what: string, arm: (done: (err?: Error | null) => void) => () => void): Promise<void> {
     return new Promise((resolve, reject) => {
+      let disarm: () => void = () => undefined;
       const timer = setTimeout(() => {
         cleanup();
-        reject(new EndSession('client-stalled', `the client read nothing for ${this.o.stallTimeoutMs} ms with a reply pending`));
+        reject(new EndSession('client-stalled', `the client read nothing for ${this.o.stallTimeoutMs} ms with a reply pending (waiting for ${what})`));
       }, this.o.stallTimeoutMs);
-      const onDrain = () => {
-        cleanup();
-        resolve();
-      };
       const cleanup = () => {
         clearTimeout(timer);
-        this.socket.off('drain', onDrain);
+        disarm();
         this.onGone = undefined;
       };
       this.onGone = (e) => {
         cleanup();
         reject(e);
       };
-      this.socket.on('drain', onDrain);
+      disarm = arm((err) => {
+        cleanup();
+        if (err) reject(new EndSession('client-disconnected-mid-reply', `writing a reply failed: ${(err as NodeJS.ErrnoException).code ?? err.message}`));
+        else resolve();
+      });
     });
   }
 

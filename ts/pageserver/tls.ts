@@ -55,6 +55,30 @@ export function loadTls(t: TlsFiles): { ca: Buffer; cert: Buffer; key: Buffer; c
 }
 
 /**
+ * What our page server's TLS must look like for CRIU's lazy-pages daemon (`criu lazy-pages --tls`).
+ *
+ * TLS 1.2 at most. A TLS 1.3 server sends NewSessionTicket records AFTER the handshake, unasked:
+ * OpenSSL always does (two by default, and Node has no switch to send none), while a GnuTLS server
+ * (CRIU's own page server) sends none unless gnutls_session_ticket_enable_server() was called,
+ * which criu/tls.c never does. CRIU's client reads its page-server socket only in reply to its own
+ * GETs: when epoll reports the socket readable with no GET outstanding, page_server_async_read (criu/page-xfer.c) hits
+ * BUG_ON(list_empty(&async_reads)) and the daemon dies ("BUG at criu/page-xfer.c"). Tickets that
+ * land before the first fault's GET (a restore that touches no lazy page for a millisecond after
+ * the daemon has connected) therefore crash it. In TLS 1.2 a session ticket travels inside the
+ * handshake, before the server's Finished, and nothing follows the handshake unasked.
+ * The TLS 1.2 suites are limited to forward-secret AEAD ones (ECDHE with AES-GCM or ChaCha20),
+ * all of which GnuTLS's default priority offers.
+ */
+export const SERVER_TLS_PROTOCOL = {
+  minVersion: 'TLSv1.2',
+  maxVersion: 'TLSv1.2',
+  ciphers: [
+    'ECDHE-ECDSA-AES256-GCM-SHA384', 'ECDHE-RSA-AES256-GCM-SHA384', 'ECDHE-ECDSA-CHACHA20-POLY1305',
+    'ECDHE-RSA-CHACHA20-POLY1305', 'ECDHE-ECDSA-AES128-GCM-SHA256', 'ECDHE-RSA-AES128-GCM-SHA256',
+  ].join(':'),
+} as const satisfies tls.TlsOptions;
+
+/**
  * The name check a client applies to the server certificate: the usual SAN/CN rules, plus (as
  * CRIU/GnuTLS do) a certificate whose CN equals the IP address we dialled.
  */

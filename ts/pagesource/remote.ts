@@ -1,8 +1,14 @@
 /**
  * The destination side of the page-server protocol: fetches lazy pages from a page server
- * (ours or `criu dump --lazy-pages`). Requests are pipelined and replies are checked strictly in
- * order. Faults jump the queue: urgent fetches use their own connection, so a page fault never
- * waits behind megabytes of background data already queued on the first one.
+ * (ours, `criu page-server --lazy-pages` or `criu dump --lazy-pages`). Requests are pipelined and
+ * replies are checked strictly in order.
+ *
+ * Everything goes over ONE connection: CRIU's page servers accept exactly one connection, serve
+ * it and exit when it closes (a second connect is refused, and closing the first ends the
+ * session). Replies come strictly in order, so a fault's GET waits behind whatever background
+ * data was asked for before it. That is bounded here: background fetches are cut into GETs of
+ * `pieceBytes` and at most `backgroundWindowBytes` of them are on the wire at once; the rest wait
+ * locally. A fault's GET goes out at once, behind at most that window.
  */
 import net from 'node:net';
 import tls from 'node:tls';
@@ -20,8 +26,13 @@ export interface RemoteOptions {
   timeoutMs?: number;
   /** Called once, with the error that failed the source (every pending fetch rejects with it too). */
   onError?: (e: UserError) => void;
-  /** Background (non-urgent) bytes requested but not yet received before further fetches queue locally (default 16 MiB). */
+  /**
+   * Background bytes asked for and not yet received, beyond which further background GETs wait
+   * locally (default 128 KiB: two pieces). A fault's reply waits behind at most this much data.
+   */
   backgroundWindowBytes?: number;
+  /** Largest background GET (default 64 KiB): bigger background fetches are asked for in pieces. */
+  pieceBytes?: number;
 }
 
 interface Fetch {
@@ -35,30 +46,36 @@ interface Fetch {
   reject: (e: Error) => void;
 }
 
-/** One GET on the wire (a fetch may need several when the server replies short). */
-type Wire = { kind: 'get'; f: Fetch; vaddr: bigint; pages: number; page0: number } | { kind: 'close'; resolve: () => void };
+/**
+ * One GET on the wire: a fetch needs several when it is cut into pieces or the server replies
+ * short. `page0` is where its pages go in the fetch's buffer.
+ */
+type Get = { kind: 'get'; f: Fetch; vaddr: bigint; pages: number; page0: number; urgent: boolean };
+type Wire = Get | { kind: 'close'; resolve: () => void };
 
 const bytes = (pages: number) => pages * PS_PAGE_SIZE;
 
-/** One TCP (or TLS) connection and the in-order replies expected on it. */
-class Lane {
+/** The TCP (or TLS) connection and the in-order replies expected on it. */
+class Link {
   private readonly fifo: Wire[] = [];
   private readonly hdr = Buffer.alloc(PS_HEADER_SIZE);
   private hdrHave = 0;
   /** The GET whose data is arriving, and how many of its reply's bytes are still to come. */
-  private cur?: { w: Extract<Wire, { kind: 'get' }>; replyPages: number; left: number };
+  private cur?: { w: Get; replyPages: number; left: number };
   private status?: { buf: Buffer; have: number };
   lastProgress = Date.now();
-  inFlightBytes = 0;
+  /** Background bytes asked for and not yet received (the window the source keeps bounded). */
+  backgroundBytes = 0;
   closing = false;
 
   /** Reused receive buffer for headers and small replies when reading with `onread`. */
   private readonly scratch = Buffer.allocUnsafe(64 * 1024);
   /** The chunk being parsed may be handed out as a view (false for the reused scratch buffer). */
   private ownChunk = true;
+  /** The server has sent at least one byte (of a reply). */
+  private answered = false;
 
   constructor(
-    readonly name: string,
     private readonly socket: net.Socket,
     /** The socket reads through `readTarget()` / `received()` (plain TCP) instead of 'data' events (TLS). */
     private readonly direct: boolean,
@@ -70,26 +87,42 @@ class Lane {
     if (!this.direct) {
       socket.on('data', (c: Buffer) => this.received(c, c.length, true));
     }
-    socket.on('error', (e: NodeJS.ErrnoException) => fail(`${name} connection: ${e.code ?? e.message}`));
+    socket.on('error', (e: NodeJS.ErrnoException) => fail(`connection: ${e.code ?? e.message}`));
     socket.on('close', () => {
       if (!(this.closing && this.fifo.length === 0)) {
         const n = this.fifo.length;
-        fail(`the server closed the ${name} connection${n ? ` with ${n} request(s) unanswered` : ''}${this.cur ? ' in the middle of a reply' : ''}`);
+        fail(`the server closed the connection${n ? ` with ${n} request(s) unanswered` : ''}${this.cur ? ' in the middle of a reply' : ''}${this.refusedHint()}`);
       }
     });
     // The socket may have died between connecting and getting these listeners.
-    if (socket.destroyed) queueMicrotask(() => fail(`the ${name} connection closed right after connecting`));
+    if (socket.destroyed) queueMicrotask(() => fail('the connection closed right after connecting'));
   }
 
   get pending(): number {
     return this.fifo.length;
   }
 
-  send(f: Fetch, vaddr: bigint, pages: number, page0: number): void {
+  /**
+   * A TLS 1.3 client finishes its handshake before the server has checked the client's
+   * certificate, so a refusal shows up only as the server hanging up before answering anything.
+   */
+  private refusedHint(): string {
+    if (this.direct || this.answered) return '';
+    return ' before answering anything: it may have refused our certificate (--tls-cert; CRIU\'s page server also ' +
+      'checks the client certificate\'s name against its own --address unless it runs with --tls-no-cn-verify)';
+  }
+
+  /**
+   * Puts one GET on the wire. CRIU's TLS server reads each header with one gnutls_record_recv of 32
+   * bytes, which never returns more than one record's data: a header must not straddle two records.
+   * Each write is one whole header, and when Node merges queued writes into one SSL_write, the
+   * 16 KiB records it is cut into hold a whole number of 32-byte headers.
+   */
+  send(g: Omit<Get, 'kind'>): void {
     if (this.fifo.length === 0) this.lastProgress = Date.now();
-    this.fifo.push({ kind: 'get', f, vaddr, pages, page0 });
-    this.inFlightBytes += bytes(pages);
-    this.socket.write(encodeGet(f.pid, vaddr, pages));
+    this.fifo.push({ kind: 'get', ...g });
+    if (!g.urgent) this.backgroundBytes += bytes(g.pages);
+    this.socket.write(encodeGet(g.f.pid, g.vaddr, g.pages));
   }
 
   sendClose(): Promise<void> {
@@ -101,7 +134,7 @@ class Lane {
     });
   }
 
-  /** Every fetch waiting on this lane (for rejection when the source fails). */
+  /** Every fetch waiting on this connection (for rejection when the source fails). */
   fetches(): Fetch[] {
     return this.fifo.flatMap((w) => (w.kind === 'get' ? [w.f] : []));
   }
@@ -128,6 +161,7 @@ class Lane {
 
   /** `n` bytes arrived in `buf` (a 'data' chunk we own, the scratch buffer, or a readTarget() view). */
   received(buf: Buffer, n: number, own: boolean): void {
+    this.answered = true;
     try {
       const c = this.cur;
       if (c && buf !== this.scratch && own === false) {
@@ -152,7 +186,7 @@ class Lane {
       else if (this.status) i = this.takeStatus(chunk, i);
       else {
         const head = this.fifo[0];
-        if (!head) throw new Error(`${this.name} connection: the server sent ${chunk.length - i} byte(s) nobody asked for`);
+        if (!head) throw new Error(`the server sent ${chunk.length - i} byte(s) nobody asked for`);
         if (head.kind === 'close') {
           this.status = { buf: Buffer.alloc(4), have: 0 };
           continue;
@@ -169,7 +203,7 @@ class Lane {
   }
 
   /** Checks a reply header against the GET it answers: command, address, pid, length. */
-  private startReply(w: Extract<Wire, { kind: 'get' }>): void {
+  private startReply(w: Get): void {
     const h = readHeader(this.hdr);
     const asked = `GET pid ${w.f.pid} ${hex(w.vaddr)} x${w.pages}`;
     if (h.cmd >>> 0 !== GET_REPLY_CMD) throw new Error(`wrong reply header for ${asked}: cmd ${hex(h.cmd >>> 0)}, expected ${hex(GET_REPLY_CMD)}`);
@@ -203,12 +237,13 @@ class Lane {
     const { w, replyPages } = this.cur!;
     this.cur = undefined;
     this.fifo.shift();
-    this.inFlightBytes -= bytes(w.pages);
+    if (!w.urgent) this.backgroundBytes -= bytes(w.pages);
     const f = w.f;
     f.receivedPages += replyPages;
     if (replyPages < w.pages) {
       // A short reply (end of a contiguous range on the server): ask for the rest ourselves.
-      this.send(f, w.vaddr + BigInt(replyPages) * PS_PAGE_SIZE_N, w.pages - replyPages, w.page0 + replyPages);
+      const rest = BigInt(replyPages) * PS_PAGE_SIZE_N;
+      this.send({ f, vaddr: w.vaddr + rest, pages: w.pages - replyPages, page0: w.page0 + replyPages, urgent: w.urgent });
     } else if (f.receivedPages === f.pages) f.resolve(f.buf ?? data);
     this.onReceived();
   }
@@ -231,47 +266,47 @@ class Lane {
 
 export class RemotePageSource {
   private failure?: UserError;
-  private readonly waiting: { f: Fetch }[] = [];
+  /** Background GETs not yet on the wire (pieces of fetches), in the order they were asked for. */
+  private readonly waiting: Omit<Get, 'kind'>[] = [];
   private readonly watchdog: NodeJS.Timeout;
   private closed = false;
 
   private constructor(
     readonly server: string,
-    private readonly background: Lane,
-    private readonly urgent: Lane,
-    private readonly o: Required<Pick<RemoteOptions, 'timeoutMs' | 'backgroundWindowBytes'>> & Pick<RemoteOptions, 'onError'>,
+    private readonly link: Link,
+    private readonly o: Required<Pick<RemoteOptions, 'timeoutMs' | 'backgroundWindowBytes' | 'pieceBytes'>> & Pick<RemoteOptions, 'onError'>,
   ) {
     // One coarse timer instead of a timer per request: a stall is noticed within timeoutMs * 1.25.
     this.watchdog = setInterval(() => this.checkStall(), Math.max(10, Math.min(1000, o.timeoutMs / 4)));
     this.watchdog.unref();
   }
 
-  /** Opens both connections (background and urgent); rejects with a UserError naming the server. */
+  /** Opens the connection; rejects with a UserError naming the server (and the option at fault). */
   static async connect(o: RemoteOptions): Promise<RemotePageSource> {
     const timeoutMs = o.timeoutMs ?? 10_000;
     const server = `${o.address}:${o.port}`;
     if (!Number.isInteger(o.port) || o.port < 1 || o.port > 65535) throw new UserError('EOPTION', `page server ${server}: port must be 1-65535`);
-    const secure = o.tls ? loadTls(o.tls) : undefined;
-    // Plain TCP reads through onread so reply data lands directly in the fetch Buffers; the
-    // hooks forward to the Lane, which exists only once the socket has connected.
-    const hooks = [{ lane: undefined as Lane | undefined }, { lane: undefined as Lane | undefined }];
-    const open = (k: number) => dial(o.address, o.port, timeoutMs, secure && { ...secure, noCnVerify: !!o.tls?.noCnVerify }, secure ? undefined : hooks[k]);
-    const sockets = await Promise.allSettled([open(0), open(1)]);
-    const bad = sockets.find((s) => s.status === 'rejected');
-    if (bad) {
-      for (const s of sockets) if (s.status === 'fulfilled') s.value.destroy();
-      throw new UserError('EPAGESERVER', `page server ${server}: cannot connect: ${(bad.reason as Error).message}`);
+    const pieceBytes = o.pieceBytes ?? 64 << 10;
+    const backgroundWindowBytes = o.backgroundWindowBytes ?? 2 * pieceBytes;
+    if (!Number.isInteger(pieceBytes) || pieceBytes < PS_PAGE_SIZE || pieceBytes % PS_PAGE_SIZE !== 0) {
+      throw new UserError('EOPTION', `page server ${server}: pieceBytes must be a positive multiple of ${PS_PAGE_SIZE} (got ${pieceBytes})`);
     }
-    const [bg, ur] = sockets.map((s) => (s as PromiseFulfilledResult<net.Socket>).value) as [net.Socket, net.Socket];
+    if (!(backgroundWindowBytes >= PS_PAGE_SIZE)) {
+      throw new UserError('EOPTION', `page server ${server}: backgroundWindowBytes must be at least ${PS_PAGE_SIZE} (got ${backgroundWindowBytes})`);
+    }
+    const secure = o.tls ? loadTls(o.tls) : undefined;
+    // Plain TCP reads through onread so reply data lands directly in the fetch Buffers; the hook
+    // forwards to the Link, which exists only once the socket has connected.
+    const hook = { link: undefined as Link | undefined };
+    let socket: net.Socket;
+    try {
+      socket = await dial(o.address, o.port, timeoutMs, secure && { ...secure, noCnVerify: !!o.tls?.noCnVerify }, secure ? undefined : hook);
+    } catch (e) {
+      throw new UserError('EPAGESERVER', `page server ${server}: cannot connect: ${(e as Error).message}`);
+    }
     let src: RemotePageSource | undefined;
-    const fail = (why: string) => src?.fail(why);
-    const pump = () => src?.pump();
-    const direct = !secure;
-    hooks[0]!.lane = new Lane('background', bg, direct, fail, pump);
-    hooks[1]!.lane = new Lane('urgent', ur, direct, fail, () => undefined);
-    src = new RemotePageSource(server, hooks[0]!.lane, hooks[1]!.lane, {
-      timeoutMs, backgroundWindowBytes: o.backgroundWindowBytes ?? 16 << 20, onError: o.onError,
-    });
+    hook.link = new Link(socket, !secure, (why) => src?.fail(why), () => src?.pump());
+    src = new RemotePageSource(server, hook.link, { timeoutMs, backgroundWindowBytes, pieceBytes, onError: o.onError });
     return src;
   }
 
@@ -281,8 +316,8 @@ export class RemotePageSource {
   }
 
   /**
-   * Exactly `pages` pages of process `pid` from image address `vaddr`. Urgent fetches (faults)
-   * go on their own connection; background ones are pipelined within a bounded window.
+   * Exactly `pages` pages of process `pid` from image address `vaddr`. An urgent fetch (a fault)
+   * goes on the wire at once; a background one is asked for in pieces within the bounded window.
    */
   fetch(pid: number, vaddr: bigint, pages: number, urgent: boolean): Promise<Buffer> {
     if (this.failure) return Promise.reject(this.failure);
@@ -295,36 +330,40 @@ export class RemotePageSource {
     }
     return new Promise<Buffer>((resolve, reject) => {
       const f: Fetch = { pid, vaddr, pages, receivedPages: 0, resolve, reject };
-      if (urgent) this.urgent.send(f, vaddr, pages, 0);
-      else {
-        this.waiting.push({ f });
-        this.pump();
+      if (urgent) {
+        this.link.send({ f, vaddr, pages, page0: 0, urgent: true });
+        return;
       }
+      const piece = this.o.pieceBytes / PS_PAGE_SIZE;
+      for (let k = 0; k < pages; k += piece) {
+        this.waiting.push({ f, vaddr: vaddr + BigInt(k) * PS_PAGE_SIZE_N, pages: Math.min(piece, pages - k), page0: k, urgent: false });
+      }
+      this.pump();
     });
   }
 
-  /** Sends queued background fetches while the window has room (always at least one). */
+  /** Sends waiting background pieces while the window has room (always at least one on the wire). */
   private pump(): void {
+    const link = this.link;
     while (this.waiting.length > 0 && !this.failure) {
-      const { f } = this.waiting[0]!;
-      const lane = this.background;
-      if (lane.inFlightBytes > 0 && lane.inFlightBytes + bytes(f.pages) > this.o.backgroundWindowBytes) return;
+      const g = this.waiting[0]!;
+      if (link.backgroundBytes > 0 && link.backgroundBytes + bytes(g.pages) > this.o.backgroundWindowBytes) return;
       this.waiting.shift();
-      lane.send(f, f.vaddr, f.pages, 0);
+      link.send(g);
     }
   }
 
-  /** Lets pending fetches finish, sends CLOSE on both connections and checks the status. */
+  /** Lets pending fetches finish, sends CLOSE and checks the status the server answers. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     try {
-      while (!this.failure && (this.waiting.length > 0 || this.background.pending > 0 || this.urgent.pending > 0)) {
+      while (!this.failure && (this.waiting.length > 0 || this.link.pending > 0)) {
         await new Promise((r) => setTimeout(r, 1));
       }
       if (this.failure) throw this.failure;
       await Promise.race([
-        Promise.all([this.background.sendClose(), this.urgent.sendClose()]),
+        this.link.sendClose(),
         new Promise<never>((_, reject) => {
           const t = setInterval(() => this.failure && (clearInterval(t), reject(this.failure)), 5);
           t.unref();
@@ -332,18 +371,14 @@ export class RemotePageSource {
       ]);
     } finally {
       clearInterval(this.watchdog);
-      this.background.destroy();
-      this.urgent.destroy();
+      this.link.destroy();
     }
   }
 
   private checkStall(): void {
-    const now = Date.now();
-    for (const lane of [this.background, this.urgent]) {
-      if (lane.pending > 0 && now - lane.lastProgress > this.o.timeoutMs) {
-        this.fail(`no data for ${this.o.timeoutMs} ms on the ${lane.name} connection with ${lane.pending} request(s) pending`);
-        return;
-      }
+    const link = this.link;
+    if (link.pending > 0 && Date.now() - link.lastProgress > this.o.timeoutMs) {
+      this.fail(`no data for ${this.o.timeoutMs} ms with ${link.pending} request(s) pending`);
     }
   }
 
@@ -352,10 +387,9 @@ export class RemotePageSource {
     const e = new UserError('EPAGESERVER', `page server ${this.server}: ${why}`);
     this.failure = e;
     clearInterval(this.watchdog);
-    const victims = [...this.waiting.map((w) => w.f), ...this.background.fetches(), ...this.urgent.fetches()];
+    const victims = [...this.waiting.map((w) => w.f), ...this.link.fetches()];
     this.waiting.length = 0;
-    this.background.destroy();
-    this.urgent.destroy();
+    this.link.destroy();
     for (const f of new Set(victims)) f.reject(e);
     try {
       this.o.onError?.(e);
@@ -367,8 +401,8 @@ export class RemotePageSource {
 
 /** One connected socket (TLS when `secure`), or an error once `timeoutMs` passes. */
 function dial(address: string, port: number, timeoutMs: number,
-  secure?: { ca: Buffer; cert: Buffer; key: Buffer; crl?: Buffer; noCnVerify: boolean }, hook?: { lane?: Lane }): Promise<net.Socket> {
-  // Bytes cannot arrive before the Lane exists (we send first; the server never speaks first),
+  secure?: { ca: Buffer; cert: Buffer; key: Buffer; crl?: Buffer; noCnVerify: boolean }, hook?: { link?: Link }): Promise<net.Socket> {
+  // Bytes cannot arrive before the Link exists (we send first; the server never speaks first),
   // but a stray early byte must still not be lost or crash: it lands in a throwaway buffer.
   const early = Buffer.allocUnsafe(4096);
   return new Promise((resolve, reject) => {
@@ -382,9 +416,9 @@ function dial(address: string, port: number, timeoutMs: number,
         host: address, port,
         ...(hook && {
           onread: {
-            buffer: () => hook.lane?.readTarget() ?? early,
+            buffer: () => hook.link?.readTarget() ?? early,
             callback: (n: number, buf: Uint8Array) => {
-              hook.lane?.received(buf as Buffer, n, buf === early ? true : false);
+              hook.link?.received(buf as Buffer, n, buf === early ? true : false);
               return true;
             },
           },
@@ -397,7 +431,7 @@ function dial(address: string, port: number, timeoutMs: number,
     s.once(secure ? 'secureConnect' : 'connect', () => {
       clearTimeout(timer);
       s.removeAllListeners('error');
-      // Keep an 'error' listener until the Lane adds its own: an unhandled one would crash the process.
+      // Keep an 'error' listener until the Link adds its own: an unhandled one would crash the process.
       s.on('error', () => undefined);
       resolve(s);
     });
