@@ -5,10 +5,10 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { packageRoot } from '../package-root.js';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const repoRoot = packageRoot;
 
 /** Where floor.c is looked for when --floor is not given. */
 export const DEFAULT_FLOOR_SOURCE = join(repoRoot, '..', 'shared', 'bench', 'floor.c');

@@ -3,10 +3,15 @@
  * page server must not share one event loop, or each would slow the other down.
  */
 import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+import { fromSources, packageRoot } from '../package-root.js';
 
 /** Starts the page server in a child process; resolves with its port and a kill function. */
 export async function serverProcess(imagesDir: string): Promise<{ port: number; stop: () => void }> {
-  const mod = new URL('../pageserver/index.js', import.meta.url).href;
+  // The sources under tsx (tests), else the compiled tree (also from the bundled CLI).
+  const mod = pathToFileURL(join(packageRoot, fromSources ? 'ts' : 'dist', 'pageserver', fromSources ? 'index.ts' : 'index.js')).href;
   const code = `import { startPageServer } from ${JSON.stringify(mod)};
     const s = await startPageServer({ imagesDir: process.argv[1] });
     process.stdout.write('port ' + s.port + '\\n');

@@ -6,13 +6,13 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 
 import { UserError } from '../errors.js';
+import { packageRoot } from '../package-root.js';
 import type { SimLayout } from './layout.js';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const repoRoot = packageRoot;
 
 /** Path of the simulator binary (built by `npm run build:sim` in a source checkout). */
 export function simulatorPath(): string {

@@ -11,23 +11,8 @@ import { fileURLToPath } from 'node:url';
 
 import { UserError } from '../../errors.js';
 
-/** The package root: the nearest directory above this module with lazy-pages' package.json. */
-export const packageRoot: string = (() => {
-  let d = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const pj = join(d, 'package.json');
-    if (existsSync(pj)) {
-      try {
-        if ((JSON.parse(readFileSync(pj, 'utf8')) as { name?: string }).name === 'lazy-pages') return d;
-      } catch {
-        /* not ours */
-      }
-    }
-    const up = dirname(d);
-    if (up === d) throw new Error('lazy-pages bench: cannot find the package root');
-    d = up;
-  }
-})();
+export { packageRoot } from '../../package-root.js';
+import { packageRoot } from '../../package-root.js';
 
 /** The C sources ship in ts/bench/criu/ (package.json "files"); from dist/ and from ts/ alike. */
 export function sourcePath(name: 'prog.c' | 'rusage.c'): string {
