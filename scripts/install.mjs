@@ -2,8 +2,10 @@
 //
 // A published install finds its prebuilt binary in the per-platform optional dependency
 // (lazy-pages-linux-x64-gnu, ...), so there is nothing to do. A git clone has no prebuilt
-// binary: then we build the addon (and the restore simulator, and the TypeScript) from source
-// with cargo. Either way a user sees one clear line of what happened.
+// binary: then we build the addon (and the guardian next to it, the restore simulator, and the
+// TypeScript) from source with cargo. A published install has no guardian binary: the addon then
+// runs the guardian itself, under node (see crates/uffd-native/src/guardian.rs). Either way a
+// user sees one clear line of what happened.
 import { execSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -42,5 +44,6 @@ try {
 }
 console.log('lazy-pages: no prebuilt binary in a source checkout: building the native addon with cargo');
 run('npm run --silent build:native');
+run('npm run --silent build:guardian');
 run('npm run --silent build:sim');
 run('npm run --silent build:ts');

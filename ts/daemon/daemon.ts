@@ -14,7 +14,7 @@ import { dirname, join, resolve } from 'node:path';
 
 import { UserError } from '../errors.js';
 import { Checkpoint, PAGE_SIZE } from '../images/index.js';
-import { EventLoop, HandoverListener, PageImage, type HandoverEvent, type NativeEvent } from '../native/index.js';
+import { EventLoop, Guardian, HandoverListener, PageImage, type HandoverEvent, type NativeEvent } from '../native/index.js';
 import type { TlsFiles } from '../pageserver/tls.js';
 import { RemotePageSource } from '../pagesource/remote.js';
 import type { DaemonEvent, DaemonSummary, ProcessReport } from './events.js';
@@ -54,6 +54,13 @@ export interface DaemonOptions {
   remoteDepth?: number;
   /** Called for every daemon event, synchronously, on the JS thread. */
   onEvent?: (e: DaemonEvent) => void;
+  /**
+   * Run the guardian (default true): a small process that holds a duplicate of every owed uffd and
+   * SIGKILLs the owed processes if this daemon dies by any means (SIGKILL, OOM, a crash), before
+   * their uffds can close. The daemon refuses to start (`EGUARDIAN`) if it cannot start it. `false`
+   * runs without: then a daemon that dies leaves its processes reading zeros where pages were owed.
+   */
+  guardian?: boolean;
 }
 
 export interface LazyPagesDaemon {
@@ -65,6 +72,8 @@ export interface LazyPagesDaemon {
   on(listener: (e: DaemonEvent) => void): () => void;
   /** Stop now. Processes still owed pages are SIGKILLed first: none is left to read zeros. */
   close(reason?: string): Promise<void>;
+  /** Pid of the guardian process watching this daemon (undefined with `guardian: false`). */
+  readonly guardianPid?: number;
 }
 
 export interface Request {
@@ -207,6 +216,8 @@ class Daemon implements LazyPagesDaemon {
   private nativeRemote = false;
   /** The TypeScript page-server client path (TLS). */
   private readonly tsRemote?: TsRemote;
+  private readonly useGuardian: boolean;
+  guardianPid?: number;
 
   constructor(
     private readonly checkpoint: Checkpoint,
@@ -219,6 +230,7 @@ class Daemon implements LazyPagesDaemon {
     this.background = opts.background ?? true;
     this.chunkPages = Math.max(1, Math.floor((opts.chunkBytes ?? 4 << 20) / PAGE_SIZE));
     this.queueDepth = Math.max(1, opts.queueDepth ?? 2);
+    this.useGuardian = opts.guardian ?? true;
     if (opts.onEvent) this.listeners.add(opts.onEvent);
     this.done = new Promise((res, rej) => {
       this.resolveDone = res;
@@ -239,11 +251,24 @@ class Daemon implements LazyPagesDaemon {
 
   start(): void {
     try {
+      // Before the socket listens: no uffd may arrive while nobody would act if we died.
+      if (this.useGuardian) {
+        try {
+          this.guardianPid = Guardian.acquire();
+        } catch (e) {
+          throw new UserError(
+            'EGUARDIAN',
+            `${(e as Error).message}; the daemon does not serve a restore without it (it kills the restored ` +
+              'processes if the daemon dies, before they can read zeros)',
+            { cause: e },
+          );
+        }
+      }
       this.listener = HandoverListener.listen(this.workDir, (ev) => {
         if (this.ended && ev.type === 'task') {
-          // Still queued when the daemon ended: it must not run on zeros either.
-          ev.uffd.close();
+          // Still queued when the daemon ended: it must not run on zeros either (killed, then closed).
           this.killTask(ev.pid, 'the daemon had already stopped');
+          ev.uffd.close();
           return;
         }
         this.guard(() => this.onHandover(ev));
@@ -336,9 +361,9 @@ class Daemon implements LazyPagesDaemon {
         return;
       case 'task': {
         if (this.handoverError) {
-          // The restore has failed already: this task must not run on zeros either.
-          ev.uffd.close();
+          // The restore has failed already: this task must not run on zeros either (killed, then closed).
           this.killTask(ev.pid, this.handoverError.message);
+          ev.uffd.close();
           return;
         }
         const image = this.checkpoint.process(ev.pid);
@@ -747,5 +772,10 @@ class Daemon implements LazyPagesDaemon {
     this.listener = undefined;
     this.loop.close();
     for (const img of this.pageImages) img.close();
+    // After the loop has released (or the daemon killed) every task: the guardian has nothing left to do.
+    if (this.guardianPid !== undefined) {
+      this.guardianPid = undefined;
+      Guardian.release();
+    }
   }
 }

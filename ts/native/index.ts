@@ -21,7 +21,8 @@ export function nativeVersion(): string {
  * userfaultfd), `EUFFD_FEATURES` (kernel too old), `ENOTUFFD` (an fd that is not a userfaultfd), `EBADF`,
  * `ERANGE_IMAGE` (read outside a pages image), `EIMAGE`, `EHANDOVER` (restorer protocol error), `ESOCKET`
  * (cannot create lazy-pages.socket), `ETABLE` (invalid translation table), `ENOID`, `EINVALARG`, `EBADEVENT`,
- * `EPAGESERVER` (cannot connect to a page server; the message names address:port).
+ * `EPAGESERVER` (cannot connect to a page server; the message names address:port), `EGUARDIAN` (the
+ * guardian process cannot be started).
  */
 export class NativeError extends UserError {
   override name = 'NativeError';
@@ -524,6 +525,27 @@ export class EventLoop {
     this.raw.close();
   }
 }
+
+/**
+ * The guardian: a small process that outlives this one. While it runs, every userfaultfd the event
+ * loops serve is duplicated to it (with a pidfd of its task) until the task is released
+ * (`removeProcess`); if this process dies by any means (SIGKILL, the OOM killer, a panic, an
+ * uncaught exception) it SIGKILLs the tasks still owed pages before their uffds can close, so none
+ * reads zeros. One per process, shared by every daemon in it.
+ */
+export const Guardian = {
+  /** Starts it, or counts one more user of the running one; returns its pid. Throws `EGUARDIAN`. */
+  acquire(): number {
+    return call(() => binding.guardianStart());
+  },
+  /**
+   * One user is done; the last one stops it cleanly (a task never released is killed first, so
+   * release every task, or kill it, before this).
+   */
+  release(): void {
+    binding.guardianStop();
+  },
+};
 
 /** Options of {@link NativePageServer.start}. */
 export interface NativePageServerOptions {

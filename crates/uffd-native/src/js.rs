@@ -21,6 +21,31 @@ use crate::pagewire::MAX_NR_PAGES;
 use crate::table::{Table, PAGE};
 use crate::uffd::{self, CopyResult, MODE_DONTWAKE};
 
+/// Starts the guardian process (or shares the running one) and returns its pid: from now on, if
+/// this process dies with tasks still owed pages, the guardian SIGKILLs them before their uffds
+/// close. Throws `EGUARDIAN` when it cannot be started.
+#[napi]
+pub fn guardian_start() -> Result<u32> {
+  crate::guardian::acquire().map_err(to_napi)
+}
+
+/// One user of the guardian is done; the last one stops it (it kills whatever is still owed first).
+#[napi]
+pub fn guardian_stop() {
+  crate::guardian::release();
+}
+
+/// Internal: the body of a guardian started as `node -e` (when no `lazy-pages-guardian` binary sits
+/// next to the addon). Never returns in a guardian; anywhere else it throws `EGUARDIAN`.
+#[napi]
+pub fn run_guardian() -> Result<()> {
+  let Some((sock, daemon)) = lazy_pages_guardian::inherited_fds() else {
+    return Err(to_napi(crate::guardian::GuardianError("runGuardian is internal: it runs only in a process the daemon started".into())));
+  };
+  lazy_pages_guardian::harden();
+  std::process::exit(lazy_pages_guardian::run(sock, daemon));
+}
+
 /// The native core's version, for diagnostics.
 #[napi]
 pub fn native_version() -> String {
@@ -190,7 +215,11 @@ impl Uffd {
   /// Closes the fd (its ranges are unregistered: later faults read zeros).
   #[napi]
   pub fn close(&mut self) {
-    self.inner = None;
+    if let Some(u) = self.inner.take() {
+      // A received uffd the daemon closes unserved: the guardian lets go of it too (before the close,
+      // while the fd number still names it).
+      crate::guardian::forget(u.raw());
+    }
   }
 }
 
@@ -245,7 +274,15 @@ impl HandoverListener {
       .callee_handled::<false>()
       .build()
       .map_err(|e| to_napi(ArgError::Invalid(format!("callback: {e}"))))?;
+    let mut restorer = 0;
     let listener = handover::Listener::start(Path::new(&work_dir), move |r| {
+      // The guardian holds each received uffd from this moment (before JS even sees it): a daemon
+      // dying before it serves the task cannot close its last copy.
+      match &r {
+        Report::Connected { pid } => restorer = *pid,
+        Report::Step(Step::Task { pid, fd }) => crate::guardian::hold(*fd, *pid, restorer),
+        _ => {}
+      }
       tsfn.call(handover_event(r), ThreadsafeFunctionCallMode::NonBlocking);
     })
     .map_err(to_napi)?;

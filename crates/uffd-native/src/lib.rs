@@ -3,6 +3,7 @@
 
 pub mod errors;
 pub mod event_loop;
+pub mod guardian;
 pub mod handover;
 pub mod image;
 pub mod msg;

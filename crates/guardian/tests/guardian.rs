@@ -1,0 +1,275 @@
+//! The guardian binary against a stand-in daemon (this test process): what it kills when the daemon
+//! goes away, and what it lets go. Real daemons and restores are tested in __test__/guardian.test.ts.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use lazy_pages_guardian::procfs;
+use lazy_pages_guardian::wire::{self, Kind, Msg};
+
+/// The tests fork (raw fork, and spawns): run them one at a time, so that no test's forked process
+/// inherits another test's socket end (the guardian would not see that "daemon" hang up).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+  SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn guardian() -> (OwnedFd, Child) {
+  let mut cmd = Command::new(env!("CARGO_BIN_EXE_lazy-pages-guardian"));
+  cmd.args(["--daemon-pid", &std::process::id().to_string()]);
+  lazy_pages_guardian::spawn(&mut cmd).expect("spawn the guardian")
+}
+
+/// A userfaultfd of this process: the guardian only holds it, so any will do.
+fn uffd() -> OwnedFd {
+  // SAFETY: userfaultfd(2) with flags; checked.
+  let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+  assert!(fd >= 0, "userfaultfd: {} (run as root)", std::io::Error::last_os_error());
+  // SAFETY: a fresh fd owned by nobody else.
+  unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+}
+
+fn victim(args: &[&str]) -> Child {
+  Command::new(args[0]).args(&args[1..]).spawn().expect("spawn a victim")
+}
+
+fn add(sock: &OwnedFd, proc_id: u32, pid: i32, uffd: &OwnedFd) {
+  let pidfd = (pid > 0).then(|| procfs::pidfd_open(pid).expect("pidfd"));
+  let mut fds = vec![uffd.as_raw_fd()];
+  if let Some(p) = &pidfd {
+    fds.push(p.as_raw_fd());
+  }
+  let m = Msg { kind: Kind::Add, pid, proc_id, aux: uffd.as_raw_fd() as u32, loop_id: 1 };
+  wire::send(sock.as_raw_fd(), &m, &fds).expect("send");
+}
+
+fn send(sock: &OwnedFd, kind: Kind, proc_id: u32, aux: u32) {
+  wire::send(sock.as_raw_fd(), &Msg { kind, pid: 0, proc_id, aux, loop_id: 1 }, &[]).expect("send");
+}
+
+fn wait_for(c: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+  let until = Instant::now() + limit;
+  while Instant::now() < until {
+    if let Some(s) = c.try_wait().unwrap() {
+      return Some(s);
+    }
+    std::thread::sleep(Duration::from_millis(10));
+  }
+  None
+}
+
+fn kill(c: &mut Child) {
+  let _ = c.kill();
+  let _ = c.wait();
+}
+
+#[test]
+fn the_daemon_going_away_gets_every_owed_task_sigkilled_and_the_guardian_exits() {
+  let _serial = serial();
+  let (sock, mut g) = guardian();
+  let mut a = victim(&["sleep", "60"]);
+  let mut b = victim(&["sleep", "60"]);
+  let (ua, ub) = (uffd(), uffd());
+  add(&sock, 1, a.id() as i32, &ua);
+  add(&sock, 2, b.id() as i32, &ub);
+  // The daemon "dies": its end closes without a goodbye.
+  drop(sock);
+  for v in [&mut a, &mut b] {
+    let s = wait_for(v, Duration::from_secs(5));
+    if s.is_none() {
+      kill(v);
+    }
+    assert_eq!(s.and_then(|s| s.signal()), Some(libc::SIGKILL), "an owed task must be SIGKILLed");
+  }
+  let gs = wait_for(&mut g, Duration::from_secs(5));
+  if gs.is_none() {
+    kill(&mut g);
+  }
+  assert_eq!(gs.and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn released_tasks_are_left_alone_and_a_clean_stop_exits_at_once() {
+  let _serial = serial();
+  let (sock, mut g) = guardian();
+  let mut a = victim(&["sleep", "60"]);
+  let u = uffd();
+  add(&sock, 1, a.id() as i32, &u);
+  send(&sock, Kind::Release, 1, 0);
+  send(&sock, Kind::Bye, 0, 0);
+  drop(sock);
+  let gs = wait_for(&mut g, Duration::from_secs(5));
+  if gs.is_none() {
+    kill(&mut g);
+  }
+  assert_eq!(gs.and_then(|s| s.code()), Some(0));
+  assert!(a.try_wait().unwrap().is_none(), "a released task must not be killed");
+  kill(&mut a);
+}
+
+#[test]
+fn signals_to_the_guardian_do_not_end_it_before_it_has_acted() {
+  let _serial = serial();
+  let (sock, mut g) = guardian();
+  let mut a = victim(&["sleep", "60"]);
+  let u = uffd();
+  add(&sock, 1, a.id() as i32, &u);
+  for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGPIPE] {
+    // SAFETY: kill(2) to our own child.
+    unsafe { libc::kill(g.id() as i32, sig) };
+  }
+  std::thread::sleep(Duration::from_millis(100));
+  assert!(g.try_wait().unwrap().is_none(), "the guardian must ignore SIGTERM/SIGINT/SIGHUP/SIGQUIT/SIGPIPE");
+  // Its own session: a signal to our process group would not reach it.
+  // SAFETY: getsid on a pid.
+  assert_eq!(unsafe { libc::getsid(g.id() as i32) }, g.id() as i32);
+  drop(sock);
+  let s = wait_for(&mut a, Duration::from_secs(5));
+  if s.is_none() {
+    kill(&mut a);
+  }
+  assert_eq!(s.and_then(|s| s.signal()), Some(libc::SIGKILL));
+  if wait_for(&mut g, Duration::from_secs(5)).is_none() {
+    kill(&mut g);
+  }
+}
+
+#[test]
+fn a_forked_child_whose_pid_was_not_identified_yet_is_found_through_its_parent() {
+  let _serial = serial();
+  // Orphans of the killed parent come back to us, so we can see how they ended.
+  // SAFETY: prctl with integer arguments.
+  unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+  let (sock, mut g) = guardian();
+  let mut parent = victim(&["sh", "-c", "sleep 60 & wait"]);
+  // Let the shell fork its child.
+  let until = Instant::now() + Duration::from_secs(5);
+  let child = loop {
+    if let Some(c) = procfs::children(parent.id() as i32).first() {
+      break *c;
+    }
+    assert!(Instant::now() < until, "the shell did not fork");
+    std::thread::sleep(Duration::from_millis(5));
+  };
+  let (up, uc) = (uffd(), uffd());
+  add(&sock, 1, parent.id() as i32, &up);
+  add(&sock, 2, 0, &uc); // the FORK event's uffd: pid not known yet
+  send(&sock, Kind::Forked, 2, 1);
+  drop(sock);
+  let s = wait_for(&mut parent, Duration::from_secs(5));
+  if s.is_none() {
+    kill(&mut parent);
+  }
+  assert_eq!(s.and_then(|s| s.signal()), Some(libc::SIGKILL));
+  let mut status = 0;
+  let until = Instant::now() + Duration::from_secs(5);
+  let mut reaped = 0;
+  while Instant::now() < until {
+    // SAFETY: waitpid on a child of ours (reparented to us, the subreaper), with a status out-param.
+    reaped = unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };
+    if reaped == child {
+      break;
+    }
+    std::thread::sleep(Duration::from_millis(10));
+  }
+  if reaped != child {
+    // SAFETY: kill(2) by pid of the sleep we made (still unreaped, so the pid is still its).
+    unsafe { libc::kill(child, libc::SIGKILL) };
+  }
+  assert_eq!(reaped, child, "the unidentified child must have exited");
+  assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL, "the child must be SIGKILLed");
+  if wait_for(&mut g, Duration::from_secs(5)).is_none() {
+    kill(&mut g);
+  }
+}
+
+#[test]
+fn a_second_daemon_end_error_is_a_send_error_not_a_sigpipe() {
+  let _serial = serial();
+  let (sock, mut g) = guardian();
+  kill(&mut g);
+  let r = wire::send(sock.as_raw_fd(), &Msg::new(Kind::Bye), &[]);
+  assert!(r.is_err(), "sending to a dead guardian fails (and does not kill us with SIGPIPE)");
+}
+
+/// A forked process with one page registered with a userfaultfd (missing mode), then paused: what
+/// a restored task looks like in /proc. Only system calls between fork and pause.
+fn registered_task() -> i32 {
+  // SAFETY: fork in a test process; the child makes only async-signal-safe system calls, then
+  // sleeps until killed (it never returns into the test harness).
+  let pid = unsafe { libc::fork() };
+  assert!(pid >= 0);
+  if pid == 0 {
+    // SAFETY: plain system calls on memory and fds this child owns; the ioctl structs are laid out
+    // as the uAPI (api/features/ioctls; start/len/mode/ioctls).
+    unsafe {
+      // Not our copies of the test's sockets: the guardian must see the "daemon" hang up.
+      libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+      let uffd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as RawFd;
+      let mut api = [0xAAu64, 0, 0];
+      libc::ioctl(uffd, 0xc018_aa3f, api.as_mut_ptr());
+      let page = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+      let mut reg = [page as u64, 4096, 1, 0];
+      libc::ioctl(uffd, 0xc020_aa00, reg.as_mut_ptr());
+      loop {
+        libc::pause();
+      }
+    }
+  }
+  pid
+}
+
+#[test]
+fn a_task_received_but_not_yet_served_is_found_among_the_restorers_descendants() {
+  let _serial = serial();
+  handed_over_task_is_killed(false);
+}
+
+#[test]
+fn a_task_served_but_not_identified_yet_is_found_among_the_restorers_descendants() {
+  // CRIU hands a uffd over before the task's VMAs are in place: the daemon serves it with pid 0 and
+  // identifies it at "restore finished". Dying in between must not leave it unkillable.
+  let _serial = serial();
+  handed_over_task_is_killed(true);
+}
+
+fn handed_over_task_is_killed(then_served: bool) {
+  let (sock, mut g) = guardian();
+  std::thread::sleep(Duration::from_millis(20)); // the task must be younger than the guardian
+  let task = registered_task();
+  // Wait until its registration shows in smaps.
+  let until = Instant::now() + Duration::from_secs(5);
+  while !procfs::has_uffd_ranges(task) {
+    assert!(Instant::now() < until, "the task did not register its page");
+    std::thread::sleep(Duration::from_millis(5));
+  }
+  let u = uffd();
+  // As the hand-over listener does: the restorer (us) named `task`, and nothing served it yet.
+  let m = Msg { kind: Kind::Hold, pid: task, proc_id: std::process::id(), aux: u.as_raw_fd() as u32, loop_id: 0 };
+  wire::send(sock.as_raw_fd(), &m, &[u.as_raw_fd()]).unwrap();
+  if then_served {
+    add(&sock, 1, 0, &u);
+  }
+  drop(sock);
+  let mut status = 0;
+  let until = Instant::now() + Duration::from_secs(5);
+  let mut reaped = 0;
+  while Instant::now() < until && reaped != task {
+    // SAFETY: waitpid on our own child with a status out-param.
+    reaped = unsafe { libc::waitpid(task, &mut status, libc::WNOHANG) };
+    std::thread::sleep(Duration::from_millis(10));
+  }
+  if reaped != task {
+    // SAFETY: kill(2) by pid of our own unreaped child.
+    unsafe { libc::kill(task, libc::SIGKILL) };
+    // SAFETY: as above.
+    unsafe { libc::waitpid(task, &mut status, 0) };
+  }
+  assert!(reaped == task && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL, "the held task must be SIGKILLed (reaped {reaped}, status {status:#x})");
+  if wait_for(&mut g, Duration::from_secs(5)).is_none() {
+    kill(&mut g);
+  }
+}
