@@ -557,12 +557,21 @@ export interface NativePageServerOptions {
   maxReplyPages: number;
   /** Stop accepting after this many sessions; a `stopped` event follows once they have ended. */
   sessions?: number;
+  /** Most connections at once, in total and from one source IP (0 = no limit): more are closed at accept. */
+  maxConnections?: number;
+  maxPerPeer?: number;
+  /** A connection with nothing in progress and no request for this long is closed (0 = never). */
+  idleTimeoutMs?: number;
+  /** Only peers inside one of these networks (`ADDR/LEN`, IPv4 or IPv6) are served; empty = everyone. */
+  allow?: string[];
 }
 
 /** What the native page-server engine reports (the reasons and wording of ts/pageserver/events.ts). */
 export type NativePageServerEvent =
   | { type: 'session-started'; session: number; peer: string }
   | { type: 'session-ended'; session: number; peer: string; reason: string; detail: string; ok: boolean; requests: number; pagesSent: number }
+  | { type: 'refused'; peer: string; reason: string; detail: string }
+  | { type: 'warning'; message: string }
   | { type: 'stopped'; sessions: number };
 
 function parsePageServerEvent(r: Raw.RawPageServerEvent): NativePageServerEvent {
@@ -574,6 +583,10 @@ function parsePageServerEvent(r: Raw.RawPageServerEvent): NativePageServerEvent 
         type: r.type, session: r.session ?? 0, peer: r.peer ?? '', reason: r.reason ?? 'image-error', detail: r.detail ?? '',
         ok: r.ok ?? false, requests: r.requests ?? 0, pagesSent: r.pagesSent ?? 0,
       };
+    case 'refused':
+      return { type: r.type, peer: r.peer ?? '', reason: r.reason ?? 'not-allowed', detail: r.detail ?? '' };
+    case 'warning':
+      return { type: r.type, message: r.detail ?? '' };
     default:
       return { type: 'stopped', sessions: r.sessions ?? 0 };
   }

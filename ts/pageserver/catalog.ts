@@ -17,7 +17,10 @@ export class Catalog {
   private constructor(private readonly byPid: Map<number, { index: PageIndex; runs: ServableRun[] }>, readonly pages: bigint) {}
 
   static async open(imagesDir: string): Promise<Catalog> {
-    const ck = await Checkpoint.open(imagesDir);
+    // No bound on a process's memory by this machine's RAM + swap (Checkpoint.open's default): a page
+    // server only reads pages from files to the network, never backs a process's memory, and a storage
+    // host may well serve the checkpoint of a process bigger than itself. 2^64 is the whole address space.
+    const ck = await Checkpoint.open(imagesDir, { maxProcessMemory: 1n << 64n });
     const byPid = new Map<number, { index: PageIndex; runs: ServableRun[] }>();
     let pages = 0n;
     for (const p of ck.processes) {

@@ -5,7 +5,7 @@
  */
 import { Catalog } from './catalog.js';
 import { NativePageServer, type NativePageServerEvent } from '../native/index.js';
-import type { PageServerEvent, SessionEndReason } from './events.js';
+import type { PageServerEvent, RefusalReason, SessionEndReason } from './events.js';
 import type { PageServer } from './server.js';
 
 export interface NativeEngineOptions {
@@ -15,6 +15,11 @@ export interface NativeEngineOptions {
   sessions?: number;
   stallTimeoutMs: number;
   maxReplyPages: number;
+  maxConnections: number;
+  maxPerPeer: number;
+  idleTimeoutMs: number;
+  /** Checked `ADDR/LEN` networks. */
+  allow: string[];
   emit: (e: PageServerEvent) => void;
 }
 
@@ -56,6 +61,10 @@ export async function startNativeEngine(o: NativeEngineOptions): Promise<PageSer
         active--;
         ended++;
         o.emit({ ...e, reason: e.reason as SessionEndReason });
+      } else if (e.type === 'refused') {
+        o.emit({ ...e, reason: e.reason as RefusalReason });
+      } else if (e.type === 'warning') {
+        o.emit(e);
       } else if (!stopped) {
         stopped = true;
         // The thread has exited: join it and release the callback (so Node can exit), outside this callback.
@@ -66,7 +75,10 @@ export async function startNativeEngine(o: NativeEngineOptions): Promise<PageSer
     }
   };
   srv = NativePageServer.start(
-    { address: o.host, port: o.port, stallTimeoutMs: o.stallTimeoutMs, maxReplyPages: o.maxReplyPages, sessions: o.sessions },
+    {
+      address: o.host, port: o.port, stallTimeoutMs: o.stallTimeoutMs, maxReplyPages: o.maxReplyPages, sessions: o.sessions,
+      maxConnections: o.maxConnections, maxPerPeer: o.maxPerPeer, idleTimeoutMs: o.idleTimeoutMs, allow: o.allow,
+    },
     pids,
     files,
     onEvents,

@@ -27,6 +27,11 @@ export interface SessionOptions {
    * data piece in TLS records of its own (see reply-writer.ts).
    */
   tlsRecords?: boolean;
+  /**
+   * A session with nothing in progress and no request for this long ends ('client-idle'); 0 or
+   * absent = never. The first bytes of a header do not count: a byte now and then keeps nothing open.
+   */
+  idleTimeoutMs?: number;
 }
 
 export interface SessionEnd {
@@ -57,6 +62,7 @@ export class Session {
   private pagesSent = 0;
   /** Rejects a pending write wait when the socket goes away. */
   private onGone?: (e: EndSession) => void;
+  private idleTimer?: NodeJS.Timeout;
   private readonly out: ReplyWriter;
   readonly done: Promise<SessionEnd>;
   private resolveDone!: (e: SessionEnd) => void;
@@ -88,6 +94,18 @@ export class Session {
       this.onGone?.(e);
       this.finish(e);
     });
+    this.armIdle();
+  }
+
+  /** Nothing in progress: the idle clock starts (again). */
+  private armIdle(): void {
+    const ms = this.o.idleTimeoutMs ?? 0;
+    if (ms <= 0 || this.ended) return;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => {
+      if (!this.busy && this.queue.length === 0) this.finish(new EndSession('client-idle', `no request for ${ms} ms (--idle-timeout)`));
+    }, ms);
+    this.idleTimer.unref();
   }
 
   /** Ends the session from outside (server shutting down). */
@@ -100,6 +118,7 @@ export class Session {
   private onData(chunk: Buffer): void {
     if (this.ended || this.poisoned) return;
     for (const { header, offset } of this.decoder.push(chunk)) {
+      clearTimeout(this.idleTimer);
       try {
         checkRequest(header, offset);
         this.queue.push(header);
@@ -118,12 +137,14 @@ export class Session {
   private async pump(): Promise<void> {
     if (this.busy) return;
     this.busy = true;
+    let handled = false;
     try {
       while (!this.ended && this.queue.length > 0) {
         const h = this.queue.shift()!;
         if (h instanceof EndSession) throw h;
         if (this.socket.isPaused() && this.queue.length <= this.o.maxQueued / 2) this.socket.resume();
         this.requests++;
+        handled = true;
         await this.handle(h);
         // Let other sessions in between big replies: another restore's fault must not wait until this
         // session's whole pipeline of background replies is written.
@@ -133,6 +154,8 @@ export class Session {
       this.finish(e instanceof EndSession ? e : new EndSession('image-error', (e as Error).message));
     } finally {
       this.busy = false;
+      // Bytes that completed no request (pump runs on every chunk) do not restart the idle clock.
+      if (handled && this.queue.length === 0) this.armIdle();
     }
   }
 
@@ -219,6 +242,7 @@ export class Session {
   private finish(e: EndSession): void {
     if (this.ended) return;
     this.ended = true;
+    clearTimeout(this.idleTimer);
     this.queue.length = 0;
     if (GRACEFUL.has(e.reason)) {
       // Let replies already written reach the client, but never wait on it for long.

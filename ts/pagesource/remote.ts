@@ -22,7 +22,11 @@ export interface RemoteOptions {
   address: string;
   port: number;
   tls?: TlsFiles;
-  /** A connect, or a request with no byte of progress, taking longer than this fails the source (default 10 s). */
+  /**
+   * A connect taking longer than this fails the source, and so does a reply not complete this long
+   * after it became the next one due (default 10 s): a server trickling a byte at a time cannot hold
+   * a fault forever.
+   */
   timeoutMs?: number;
   /** Called once, with the error that failed the source (every pending fetch rejects with it too). */
   onError?: (e: UserError) => void;
@@ -63,7 +67,10 @@ class Link {
   /** The GET whose data is arriving, and how many of its reply's bytes are still to come. */
   private cur?: { w: Get; replyPages: number; left: number };
   private status?: { buf: Buffer; have: number };
+  /** Last byte received (or request sent with nothing pending). */
   lastProgress = Date.now();
+  /** When the reply now due (the head of the fifo) became due: it must be complete within the timeout. */
+  frontSince = Date.now();
   /** Background bytes asked for and not yet received (the window the source keeps bounded). */
   backgroundBytes = 0;
   closing = false;
@@ -119,7 +126,7 @@ class Link {
    * 16 KiB records it is cut into hold a whole number of 32-byte headers.
    */
   send(g: Omit<Get, 'kind'>): void {
-    if (this.fifo.length === 0) this.lastProgress = Date.now();
+    if (this.fifo.length === 0) this.lastProgress = this.frontSince = Date.now();
     this.fifo.push({ kind: 'get', ...g });
     if (!g.urgent) this.backgroundBytes += bytes(g.pages);
     this.socket.write(encodeGet(g.f.pid, g.vaddr, g.pages));
@@ -128,10 +135,17 @@ class Link {
   sendClose(): Promise<void> {
     this.closing = true;
     return new Promise((resolve) => {
-      if (this.fifo.length === 0) this.lastProgress = Date.now();
+      if (this.fifo.length === 0) this.lastProgress = this.frontSince = Date.now();
       this.fifo.push({ kind: 'close', resolve });
       this.socket.write(encodeClose());
     });
+  }
+
+  /** What the reply now due answers, for messages. */
+  front(): string {
+    const w = this.fifo[0];
+    if (!w) return 'nothing';
+    return w.kind === 'close' ? 'CLOSE' : `GET pid ${w.f.pid} ${hex(w.vaddr)} x${w.pages}`;
   }
 
   /** Every fetch waiting on this connection (for rejection when the source fails). */
@@ -237,6 +251,7 @@ class Link {
     const { w, replyPages } = this.cur!;
     this.cur = undefined;
     this.fifo.shift();
+    this.frontSince = Date.now();
     if (!w.urgent) this.backgroundBytes -= bytes(w.pages);
     const f = w.f;
     f.receivedPages += replyPages;
@@ -257,6 +272,7 @@ class Link {
       const status = s.buf.readInt32LE(0);
       this.status = undefined;
       const w = this.fifo.shift() as Extract<Wire, { kind: 'close' }>;
+      this.frontSince = Date.now();
       if (status !== 0) throw new Error(`the server answered CLOSE with status ${status}`);
       w.resolve();
     }
@@ -276,7 +292,8 @@ export class RemotePageSource {
     private readonly link: Link,
     private readonly o: Required<Pick<RemoteOptions, 'timeoutMs' | 'backgroundWindowBytes' | 'pieceBytes'>> & Pick<RemoteOptions, 'onError'>,
   ) {
-    // One coarse timer instead of a timer per request: a stall is noticed within timeoutMs * 1.25.
+    // One coarse timer instead of a timer per request: a stall or an overdue reply is noticed within
+    // timeoutMs * 1.25.
     this.watchdog = setInterval(() => this.checkStall(), Math.max(10, Math.min(1000, o.timeoutMs / 4)));
     this.watchdog.unref();
   }
@@ -375,10 +392,18 @@ export class RemotePageSource {
     }
   }
 
+  /**
+   * Nothing received for the timeout, or the reply now due not complete within the timeout of
+   * becoming due (bytes trickling in do not extend it).
+   */
   private checkStall(): void {
     const link = this.link;
-    if (link.pending > 0 && Date.now() - link.lastProgress > this.o.timeoutMs) {
+    if (link.pending === 0) return;
+    const now = Date.now();
+    if (now - link.lastProgress > this.o.timeoutMs) {
       this.fail(`no data for ${this.o.timeoutMs} ms with ${link.pending} request(s) pending`);
+    } else if (now - link.frontSince > this.o.timeoutMs) {
+      this.fail(`the reply to ${link.front()} is not complete ${this.o.timeoutMs} ms after it became due (the server sends too slowly)`);
     }
   }
 

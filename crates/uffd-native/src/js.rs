@@ -768,6 +768,13 @@ pub struct RawPageServerOptions {
   pub max_reply_pages: f64,
   /// Stop accepting after this many sessions; stop once they have ended.
   pub sessions: Option<u32>,
+  /// Most connections at once, in total and from one source IP (0 or absent = no limit).
+  pub max_connections: Option<u32>,
+  pub max_per_peer: Option<u32>,
+  /// A connection with nothing in progress and no request for this long is closed (0 or absent = never).
+  pub idle_timeout_ms: Option<u32>,
+  /// Only peers inside one of these networks (`ADDR/LEN`) are served (absent or empty = everyone).
+  pub allow: Option<Vec<String>>,
 }
 
 /// The servable runs of one image pid: `[start, end, imageId, fileOffset]*`, sorted.
@@ -777,7 +784,7 @@ pub struct RawPageServerPid {
   pub runs: BigUint64Array,
 }
 
-/// One page-server report (`type`: session-started | session-ended | stopped).
+/// One page-server report (`type`: session-started | session-ended | refused | warning | stopped).
 #[napi(object, object_from_js = false)]
 pub struct RawPageServerEvent {
   #[napi(js_name = "type")]
@@ -817,6 +824,8 @@ fn ps_event(e: crate::pageserver::Event) -> RawPageServerEvent {
       pages_sent: Some(pages_sent as f64),
       ..ev("session-ended")
     },
+    Event::Refused { peer, reason, detail } => RawPageServerEvent { peer: Some(peer), reason: Some(reason.into()), detail: Some(detail), ..ev("refused") },
+    Event::Warning { message } => RawPageServerEvent { detail: Some(message), ..ev("warning") },
     Event::Stopped { sessions } => RawPageServerEvent { sessions: Some(sessions), ..ev("stopped") },
   }
 }
@@ -867,6 +876,10 @@ impl NativePageServer {
       stall: std::time::Duration::from_millis(options.stall_timeout_ms as u64),
       max_reply_pages,
       sessions: options.sessions.filter(|n| *n > 0),
+      max_connections: options.max_connections.unwrap_or(0),
+      max_per_peer: options.max_per_peer.unwrap_or(0),
+      idle: options.idle_timeout_ms.filter(|ms| *ms > 0).map(|ms| std::time::Duration::from_millis(ms as u64)),
+      allow: options.allow.unwrap_or_default(),
     };
     let handle = pageserver::start(
       opts,

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io::Read;
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -58,6 +58,10 @@ pub struct Conn {
   pub stream: TcpStream,
   pub session: u32,
   pub peer: String,
+  /// The peer's (normalized) IP: what the per-peer cap counts.
+  pub ip: IpAddr,
+  /// Since when nothing is in progress and no request came: an idle connection is closed from here.
+  pub idle_since: Instant,
   partial: [u8; HDR],
   have: usize,
   /// Bytes of complete headers consumed: error messages name the offset of the bad header.
@@ -87,6 +91,8 @@ impl Conn {
       stream,
       session,
       peer,
+      ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+      idle_since: Instant::now(),
       partial: [0; HDR],
       have: 0,
       offset: 0,
@@ -179,6 +185,7 @@ impl Conn {
       }
       self.have = 0;
       let h = Header::decode(&self.partial);
+      self.idle_since = Instant::now();
       let at = self.offset;
       self.offset += HDR as u64;
       match request::check_header(&h, at) {
@@ -228,6 +235,7 @@ impl Conn {
             self.pages_sent += r.pages;
             let close = r.data.is_none();
             self.reply = None;
+            self.idle_since = Instant::now();
             if close {
               return Turn::Ended(End::new(Reason::Close, self.close_detail.take().unwrap_or_default()));
             }

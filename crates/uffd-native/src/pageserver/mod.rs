@@ -6,9 +6,14 @@
 //!
 //! Sessions, validation and end reasons mirror ts/pageserver/session.ts (the TS engine, still used for
 //! TLS); events reach JS through an [`Outbox`] drained by a threadsafe function.
+//!
+//! Limits (limits.rs): `--allow` networks, total and per-peer connection caps (a connection refused is
+//! closed at accept, before a byte of it is read), an idle timeout, and a listener that stops being polled
+//! for a while when accept() runs out of file descriptors instead of spinning on it.
 
 pub mod catalog;
 pub mod conn;
+pub mod limits;
 pub mod request;
 
 use std::collections::{HashMap, VecDeque};
@@ -22,6 +27,7 @@ use std::time::{Duration, Instant};
 use crate::outbox::Outbox;
 use catalog::Catalog;
 use conn::{Conn, Read_, Turn};
+use limits::{AcceptErr, Cidr, Gate};
 use request::{End, Reason};
 
 /// Most bytes written for one connection before the others get a turn (a 1-page reply always fits).
@@ -29,6 +35,15 @@ pub const TURN_BUDGET: u64 = 128 << 10;
 
 /// How long the server keeps polling after its last request before it sleeps in epoll_wait.
 const BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// How long the listener is left alone after accept() failed for lack of fds (or memory).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Most connections accepted in one wakeup: a flood of connects cannot starve the connections being served.
+const ACCEPT_BATCH: usize = 64;
+
+/// While accept() keeps failing, at most one report per this long.
+const ACCEPT_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 const TOK_WAKE: u64 = 0;
 const TOK_LISTEN: u64 = 1;
@@ -46,6 +61,14 @@ pub struct Options {
   pub max_reply_pages: u64,
   /// Stop accepting after this many sessions; stop once they have ended.
   pub sessions: Option<u32>,
+  /// Most connections open at once (0 = no limit); more are closed at accept.
+  pub max_connections: u32,
+  /// Most connections open at once from one source IP (0 = no limit).
+  pub max_per_peer: u32,
+  /// A connection with no request in progress and none received for this long is closed (None = never).
+  pub idle: Option<Duration>,
+  /// `--allow` networks (`ADDR/LEN`): only peers inside one are served. Empty = everyone.
+  pub allow: Vec<String>,
 }
 
 /// Reports to JS.
@@ -53,6 +76,10 @@ pub struct Options {
 pub enum Event {
   Started { session: u32, peer: String },
   Ended { session: u32, peer: String, reason: Reason, detail: String, requests: u64, pages_sent: u64 },
+  /// A connection closed at accept, before anything it sent was read: `reason` is a [`limits::Refusal`].
+  Refused { peer: String, reason: &'static str, detail: String },
+  /// Something the operator should know that is not one session's business (accept() failing, …).
+  Warning { message: String },
   /// The thread has stopped (close, or the session limit reached and every session ended).
   Stopped { sessions: u32 },
 }
@@ -64,6 +91,8 @@ pub enum ServerError {
   Listen(String, String),
   /// the thread or its fds could not be created
   Start(std::io::Error),
+  /// a bad option (an `--allow` that is not a network)
+  Option(String),
 }
 
 impl std::fmt::Display for ServerError {
@@ -71,6 +100,7 @@ impl std::fmt::Display for ServerError {
     match self {
       ServerError::Listen(at, why) => write!(f, "page server: cannot listen on {at}: {why}"),
       ServerError::Start(e) => write!(f, "page server: cannot start: {e}"),
+      ServerError::Option(m) => write!(f, "{m}"),
     }
   }
 }
@@ -80,6 +110,7 @@ impl crate::errors::Coded for ServerError {
     match self {
       ServerError::Listen(..) => "ELISTEN",
       ServerError::Start(_) => "ENATIVE",
+      ServerError::Option(_) => "EOPTION",
     }
   }
 }
@@ -146,6 +177,7 @@ fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, tok: u64) -> st
 
 /// Binds and listens (synchronously, so the caller learns the real port), then starts the thread.
 pub fn start(opts: Options, cat: Catalog, notify: Box<dyn Fn() + Send + Sync>) -> Result<Handle, ServerError> {
+  let allow = opts.allow.iter().map(|a| Cidr::parse(a)).collect::<Result<Vec<_>, _>>().map_err(ServerError::Option)?;
   let at = if opts.address.contains(':') { format!("[{}]:{}", opts.address, opts.port) } else { format!("{}:{}", opts.address, opts.port) };
   let listener = TcpListener::bind((opts.address.as_str(), opts.port)).map_err(|e| ServerError::Listen(at.clone(), errno_name(&e)))?;
   listener.set_nonblocking(true).map_err(|e| ServerError::Listen(at.clone(), errno_name(&e)))?;
@@ -156,7 +188,11 @@ pub fn start(opts: Options, cat: Catalog, notify: Box<dyn Fn() + Send + Sync>) -
   epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, listener.as_raw_fd(), epi, TOK_LISTEN).map_err(ServerError::Start)?;
   let shared = Arc::new(Shared { stop: AtomicBool::new(false), wake, outbox: Outbox::new(notify) });
   let s2 = shared.clone();
+  let gate = Gate::new(allow, opts.max_connections, opts.max_per_peer);
   let server = Server {
+    gate,
+    accept_paused_until: None,
+    accept_failing: None,
     ep,
     shared: s2,
     listener: Some(listener),
@@ -174,6 +210,11 @@ pub fn start(opts: Options, cat: Catalog, notify: Box<dyn Fn() + Send + Sync>) -
 }
 
 struct Server {
+  gate: Gate,
+  /// The listener is out of epoll until then (accept() ran out of fds).
+  accept_paused_until: Option<Instant>,
+  /// accept() has been failing since: (first failure, failures, last report).
+  accept_failing: Option<(Instant, u64, Instant)>,
   ep: OwnedFd,
   shared: Arc<Shared>,
   /// None once the session limit is reached.
@@ -217,6 +258,7 @@ impl Server {
       if self.shared.stop.load(Ordering::SeqCst) {
         break;
       }
+      self.resume_accepts();
       // One round: every connection with output pending writes up to its budget.
       for _ in 0..self.ready.len() {
         let Some(id) = self.ready.pop_front() else { break };
@@ -268,12 +310,17 @@ impl Server {
         Some(l)
       } else if c.blocked {
         Some(c.last_progress + self.opts.stall)
+      } else if !c.has_work() {
+        self.opts.idle.map(|i| c.idle_since + i)
       } else {
         None
       };
       if let Some(d) = d {
         next = Some(next.map_or(d, |n| n.min(d)));
       }
+    }
+    if let Some(p) = self.accept_paused_until {
+      next = Some(next.map_or(p, |n| n.min(p)));
     }
     match next {
       None => -1,
@@ -288,35 +335,107 @@ impl Server {
   }
 
   fn accept_all(&mut self) {
-    loop {
+    for _ in 0..ACCEPT_BATCH {
       let Some(l) = self.listener.as_ref() else { return };
-      let (stream, peer) = match l.accept() {
+      let (stream, addr) = match l.accept() {
         Ok(x) => x,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-        // ECONNABORTED, EMFILE...: that one connection is lost; the server keeps listening.
-        Err(_) => return,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+          self.accept_recovered();
+          return;
+        }
+        Err(e) => match limits::classify_accept_error(&e) {
+          // That one connection is lost; the server keeps listening.
+          AcceptErr::Retry => continue,
+          // The connection stays in the backlog and the listener stays readable: accepting again at once
+          // would spin a CPU until an fd frees up. Leave the listener alone for a while instead.
+          AcceptErr::BackOff(what) => {
+            self.pause_accepts(what, &e);
+            return;
+          }
+        },
       };
+      self.accept_recovered();
+      let ip = limits::normalize(addr.ip());
+      let peer = if ip.is_ipv4() { format!("{ip}:{}", addr.port()) } else { format!("[{ip}]:{}", addr.port()) };
+      if let Err((why, detail)) = self.gate.admit(ip) {
+        // Closed before anything it sent is read; the other connections never notice.
+        drop(stream);
+        self.out.push(Event::Refused { peer, reason: why.as_str(), detail });
+        continue;
+      }
       if stream.set_nonblocking(true).is_err() {
+        self.gate.leave(ip);
         continue;
       }
       // A fault's GET reply must leave at once, not wait for Nagle.
       let _ = stream.set_nodelay(true);
       self.started += 1;
       let id = self.started;
-      let peer = format!("{}:{}", peer.ip(), peer.port());
       let mut c = Conn::new(stream, id, peer.clone());
+      c.ip = ip;
       c.interest = libc::EPOLLIN as u32;
       if epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, c.stream.as_raw_fd(), c.interest, TOK_CONN + id as u64).is_err() {
+        self.gate.leave(ip);
         continue;
       }
       self.conns.insert(id, c);
       self.out.push(Event::Started { session: id, peer });
       if self.opts.sessions.is_some_and(|n| self.started >= n) {
         if let Some(l) = self.listener.take() {
-          let _ = epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, l.as_raw_fd(), 0, 0);
+          if self.accept_paused_until.take().is_none() {
+            let _ = epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, l.as_raw_fd(), 0, 0);
+          }
         }
       }
+    }
+  }
+
+  /// accept() failed for want of a resource: the listener leaves epoll for [`ACCEPT_BACKOFF`].
+  fn pause_accepts(&mut self, what: &str, e: &std::io::Error) {
+    let now = Instant::now();
+    if let Some(l) = self.listener.as_ref() {
+      if self.accept_paused_until.is_none() {
+        let _ = epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, l.as_raw_fd(), 0, 0);
+      }
+    }
+    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+    let ms = ACCEPT_BACKOFF.as_millis();
+    match &mut self.accept_failing {
+      None => {
+        self.accept_failing = Some((now, 1, now));
+        self.out.push(Event::Warning {
+          message: format!("accept failed: {what}: {e}; new connections wait in the backlog, trying again every {ms} ms"),
+        });
+      }
+      Some((since, n, last)) => {
+        *n += 1;
+        if now.duration_since(*last) >= ACCEPT_REPORT_EVERY {
+          *last = now;
+          let message = format!("accept still failing: {what}, for {} s ({n} tries); new connections wait in the backlog", since.elapsed().as_secs());
+          self.out.push(Event::Warning { message });
+        }
+      }
+    }
+  }
+
+  /// accept() works again after failing: one line says so.
+  fn accept_recovered(&mut self) {
+    if let Some((since, n, _)) = self.accept_failing.take() {
+      let message = format!("accepting connections again after {} ms ({n} failed tries)", since.elapsed().as_millis());
+      self.out.push(Event::Warning { message });
+    }
+  }
+
+  /// The back-off is over: the listener goes back into epoll (level-triggered, so a waiting connection is
+  /// reported at once).
+  fn resume_accepts(&mut self) {
+    let Some(until) = self.accept_paused_until else { return };
+    if Instant::now() < until {
+      return;
+    }
+    self.accept_paused_until = None;
+    if let Some(l) = self.listener.as_ref() {
+      let _ = epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, l.as_raw_fd(), libc::EPOLLIN as u32, TOK_LISTEN);
     }
   }
 
@@ -403,19 +522,26 @@ impl Server {
   fn drop_conn(&mut self, id: u32) {
     if let Some(c) = self.conns.remove(&id) {
       let _ = epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, c.stream.as_raw_fd(), 0, 0);
+      self.gate.leave(c.ip);
     }
   }
 
   fn check_deadlines(&mut self) {
     let now = Instant::now();
     let stall = self.opts.stall;
+    let idle = self.opts.idle;
     let mut stalled = Vec::new();
     let mut expired = Vec::new();
+    let mut idled = Vec::new();
     for (id, c) in &self.conns {
       if c.linger_until.is_some_and(|l| now >= l) {
         expired.push(*id);
       } else if c.linger_until.is_none() && c.blocked && now >= c.last_progress + stall {
         stalled.push(*id);
+      } else if c.linger_until.is_none() && !c.has_work() && idle.is_some_and(|i| now >= c.idle_since + i) {
+        // Nothing in progress and no request for the idle timeout (a header's first bytes do not count:
+        // a byte now and then keeps nothing open).
+        idled.push(*id);
       }
     }
     for id in expired {
@@ -424,6 +550,10 @@ impl Server {
     for id in stalled {
       let d = format!("the client read nothing for {} ms with a reply pending", stall.as_millis());
       self.end(id, End::new(Reason::ClientStalled, d));
+    }
+    for id in idled {
+      let d = format!("no request for {} ms (--idle-timeout)", idle.unwrap_or_default().as_millis());
+      self.end(id, End::new(Reason::ClientIdle, d));
     }
   }
 }
