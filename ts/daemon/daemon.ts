@@ -43,7 +43,11 @@ export interface DaemonOptions {
    * a background stream by several times.
    */
   pieceBytes?: number;
-  /** Background requests kept queued in the native core per process (default 2). */
+  /**
+   * Background requests kept queued in the native core per process (default 8, up to 32 MiB): the
+   * native loop must never run dry while the JS thread is busy or descheduled (it runs below the loop
+   * thread), or a program reading its memory overtakes the transfer and faults page by page.
+   */
   queueDepth?: number;
   /**
    * Fetch lazy pages from a page server (`criu dump --lazy-pages`, `criu page-server --lazy-pages` or
@@ -229,7 +233,7 @@ class Daemon implements LazyPagesDaemon {
     this.socketPath = join(workDir, SOCKET_NAME);
     this.background = opts.background ?? true;
     this.chunkPages = Math.max(1, Math.floor((opts.chunkBytes ?? 4 << 20) / PAGE_SIZE));
-    this.queueDepth = Math.max(1, opts.queueDepth ?? 2);
+    this.queueDepth = Math.max(1, opts.queueDepth ?? 8);
     this.useGuardian = opts.guardian ?? true;
     if (opts.onEvent) this.listeners.add(opts.onEvent);
     this.done = new Promise((res, rej) => {
