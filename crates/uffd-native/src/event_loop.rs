@@ -291,6 +291,11 @@ struct Proc {
 /// ~0.2 ms. A nice value below the JS thread's fixes the order without real-time scheduling (which
 /// could starve the restored program). Best effort: without CAP_SYS_NICE it stays as it was.
 fn raise_priority() {
+  set_nice(-10);
+}
+
+/// Sets the calling thread's nice value (best effort).
+fn set_nice(nice: i32) {
   // SAFETY: plain syscalls on the calling thread (gettid cannot fail; setpriority's error is ignored).
   unsafe {
     let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
@@ -734,6 +739,9 @@ impl Loop {
 
   /// Starts using a connected page server; a previous one is closed and its fetches complete as `error`.
   fn connect(&mut self, mut c: Box<PageClient>) {
+    // A page server on this machine (loopback, tests, benchmarks) needs the CPU this thread would take
+    // while it polls for a fault's reply: back to the default priority for a remote source.
+    set_nice(0);
     if let Some(mut old) = self.client.take() {
       old.close_best_effort();
       old.detach();
