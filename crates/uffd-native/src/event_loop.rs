@@ -299,7 +299,7 @@ fn set_nice(nice: i32) {
   // SAFETY: plain syscalls on the calling thread (gettid cannot fail; setpriority's error is ignored).
   unsafe {
     let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-    libc::setpriority(libc::PRIO_PROCESS, tid, -10);
+    libc::setpriority(libc::PRIO_PROCESS, tid, nice);
   }
 }
 
