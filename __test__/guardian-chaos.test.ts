@@ -10,6 +10,8 @@ import { synth, tempDir } from './helpers/e2e.js';
 import { alive, noneReadAWrongByte, sleep, startDaemon, startSim, until } from './helpers/guardian.js';
 
 const ROUNDS = Number(process.env.GUARDIAN_CHAOS_ROUNDS ?? 20);
+/** One round in this many aims at the hand-over (1: all of them). */
+const EARLY_EVERY = Number(process.env.GUARDIAN_CHAOS_EARLY_EVERY ?? 3);
 
 test('chaos: the daemon SIGKILLed at a random moment never leaves a restored process reading zeros', async (t) => {
   t.timeout(120_000);
@@ -20,7 +22,7 @@ test('chaos: the daemon SIGKILLed at a random moment never leaves a restored pro
     const d = await startDaemon(t, ck, wd);
     const sim = startSim(t, ck, wd, ['--workload', 'touch-all', '--order', 'rand', '--seed', String(i + 1)]);
     // One round in three aims at the hand-over (the first tens of ms), the others anywhere in the restore.
-    const delay = Math.floor(Math.random() * (i % 3 === 0 ? 60 : 1500));
+    const delay = Math.floor(Math.random() * (i % EARLY_EVERY === 0 ? 60 : 1500));
     await sleep(delay);
     try {
       process.kill(d.pid, 'SIGKILL');

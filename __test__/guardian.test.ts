@@ -17,8 +17,8 @@ import { alive, guardianOf, killInTeardown, noneReadAWrongByte, sleep, startDaem
 // One at a time: each test times a kill against a restore in progress on a 2-core machine.
 const serial = test.serial;
 
-/** 2 processes x 2 VMAs, 96 MiB each: a --no-background restore touching every page takes seconds. */
-const SIZE = 96 << 20;
+/** 2 processes x 2 VMAs, 128 MiB each: a --no-background restore touching every page takes seconds. */
+const SIZE = 128 << 20;
 const TOUCH_ALL = ['--workload', 'touch-all', '--order', 'rand'];
 
 /** Waits until every process of `ck` is attached and the restore runs (restore finished), then a bit more. */
@@ -45,11 +45,14 @@ async function killMidRestore(
   t.not(ex.code, 0, `the daemon must have died, not finished: ${JSON.stringify(ex)}`);
   const v = noneReadAWrongByte(r);
   t.true(v.ok, `${v.why} (stderr: ${r.stderr.trim()})`);
+  // Mid-restore: the processes still owed pages are SIGKILLed (on a loaded machine one may have
+  // finished, verified, before the daemon died: then it must not have been touched).
   t.is(r.code, 3, `mid-restore, the restored processes are SIGKILLed (simulator exit 3): ${r.stderr}`);
-  t.is(v.killed, ck.processes.length, JSON.stringify(r.report));
+  t.true(v.killed >= 1 && v.killed + v.completed === ck.processes.length, JSON.stringify(r.report));
   t.true(await until(() => !alive(d.guardian), 5000), 'the guardian exits once it has acted');
   // Its report goes to the daemon's stderr (inherited): who was killed, and why.
-  t.true(await until(() => /lazy-pages guardian \(pid \d+\): the daemon \(pid \d+\) (died|is gone) with 2 process\(es\) still owed pages: SIGKILLed pid/.test(d.stderr()), 2000), d.stderr().split("\n").filter((l) => !/pages on demand/.test(l)).join("\n").slice(-3000));
+  const report = new RegExp(`lazy-pages guardian \\(pid \\d+\\): the daemon \\(pid \\d+\\) (died|is gone) with ${v.killed} process\\(es\\) still owed pages: SIGKILLed pid`);
+  t.true(await until(() => report.test(d.stderr()), 2000), d.stderr().split('\n').filter((l) => !/pages on demand/.test(l)).join('\n').slice(-3000));
 }
 
 serial('daemon SIGKILLed mid-restore: every restored process still owed pages is SIGKILLed, none reads zeros', async (t) => {

@@ -755,7 +755,9 @@ class Daemon implements LazyPagesDaemon {
 
   private finish(): void {
     this.ended = true;
-    this.teardown();
+    // Every process has all its pages: a child the loop added after that (forked by a complete
+    // parent) is owed nothing either, and the guardian must not kill it.
+    this.teardown(true);
     const summary: DaemonSummary = { processes: this.reports, elapsedMs: performance.now() - this.startedAt };
     this.emit({ type: 'done', summary });
     this.resolveDone(summary);
@@ -770,16 +772,17 @@ class Daemon implements LazyPagesDaemon {
     this.rejectDone(err);
   }
 
-  private teardown(): void {
+  private teardown(complete = false): void {
     this.tsRemote?.close();
     this.listener?.close();
     this.listener = undefined;
-    this.loop.close();
+    this.loop.close(complete);
     for (const img of this.pageImages) img.close();
     // After the loop has released (or the daemon killed) every task: the guardian has nothing left to do.
     if (this.guardianPid !== undefined) {
+      const pid = this.guardianPid;
       this.guardianPid = undefined;
-      Guardian.release();
+      Guardian.release(pid);
     }
   }
 }

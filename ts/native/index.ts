@@ -520,9 +520,14 @@ export class EventLoop {
   setPieceBytes(bytes: number): void {
     call(() => this.raw.setPieceBytes(bytes));
   }
-  /** Stops the thread, closes every fd, releases the callback so Node can exit. Idempotent. */
-  close(): void {
-    this.raw.close();
+  /**
+   * Stops the thread, closes every fd, releases the callback so Node can exit. Idempotent.
+   * `complete`: every process served got all its pages, so the {@link Guardian} lets go of anything
+   * the loop did not remove (a child forked by a complete parent, read after the end); otherwise
+   * such a process stays owed, and is killed if the daemon dies or stops the guardian.
+   */
+  close(complete = false): void {
+    this.raw.close(complete);
   }
 }
 
@@ -539,11 +544,12 @@ export const Guardian = {
     return call(() => binding.guardianStart());
   },
   /**
-   * One user is done; the last one stops it cleanly (a task never released is killed first, so
-   * release every task, or kill it, before this).
+   * One user of guardian `pid` (what {@link Guardian.acquire} returned) is done; the last one stops
+   * it cleanly (a task never released is killed first, so release every task, or kill it, before
+   * this). A guardian replaced since (it could not be reached) is not affected.
    */
-  release(): void {
-    binding.guardianStop();
+  release(pid: number): void {
+    binding.guardianStop(pid);
   },
 };
 

@@ -82,6 +82,16 @@ pub fn harden() {
   let name = b"lazy-pages-guar\0";
   // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from `name`.
   unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
+  // Two fds per owed task are held here: the default soft limit (1024) must not be what makes a
+  // message's fds be dropped (recvmsg then truncates them). Raise it to the hard limit.
+  let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+  // SAFETY: getrlimit/setrlimit read and write one rlimit we own.
+  unsafe {
+    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+      lim.rlim_cur = lim.rlim_max;
+      libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+  }
   // When memory runs out the daemon (large) is the likely victim; the guardian (small) must still
   // be there to act. Needs CAP_SYS_RESOURCE: best effort.
   let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
@@ -232,10 +242,21 @@ struct State {
   /// Every task ever added (released ones too): its real pid (0 = unknown) and the task it was
   /// forked from. Used to find a forked child whose pid the daemon had not identified yet.
   lineage: HashMap<Key, (i32, Option<Key>)>,
+  /// Start times (clock ticks since boot) of the pids we were given (tasks, restorers), read when we
+  /// were given them: a pid whose process has since exited and been reused is never acted upon.
+  starts: HashMap<i32, u64>,
   holds: HashMap<u32, Hold>,
+  /// The restorer's hand-over connections: our copy, the restorer's pid, the daemon's fd number.
+  conns: Vec<(OwnedFd, i32, u32)>,
+  /// The daemon's listening hand-over sockets, with the daemon's fd number.
+  listeners: Vec<(OwnedFd, u32)>,
+  /// Uffds taken from a hand-over connection after the daemon was gone: held until we exit.
+  taken: Vec<OwnedFd>,
   /// Our own start time (clock ticks since boot): the tasks of a restore we serve are younger.
   born: u64,
   closed_loops: u64,
+  /// The id a closed loop's leftovers were moved to, by the loop's own id.
+  closed_ids: HashMap<u64, u64>,
   bye: bool,
   bad: u64,
 }
@@ -255,6 +276,7 @@ impl State {
         if let Some(uffd) = fds.next() {
           // A previous hold under the same fd number was closed by the daemon without our hearing
           // (its number was reused since): it is replaced.
+          self.note_start(m.proc_id as i32);
           self.holds.insert(m.aux, Hold { _uffd: uffd, who: Handed { ns_pid: m.pid, restorer: m.proc_id as i32 } });
         }
       }
@@ -262,11 +284,13 @@ impl State {
         let handed = self.holds.remove(&m.aux).map(|h| h.who);
         let Some(uffd) = fds.next() else { return };
         let pidfd = fds.next();
+        self.note_start(m.pid);
         let l = self.lineage.entry(key).or_insert((0, None));
         l.0 = m.pid;
         self.tasks.insert(key, Task { _uffd: uffd, pidfd, pid: m.pid, added: procfs::now_ticks(), handed });
       }
       Kind::Watch => {
+        self.note_start(m.pid);
         if let Some(t) = self.tasks.get_mut(&key) {
           if t.pidfd.is_none() {
             t.pidfd = fds.next();
@@ -289,7 +313,37 @@ impl State {
       Kind::LoopClosed => self.loop_closed(m.loop_id),
       Kind::Bye => self.bye = true,
       Kind::Ready => {}
+      Kind::Conn => {
+        self.note_start(m.proc_id as i32);
+        if let Some(c) = fds.next() {
+          self.conns.push((c, m.proc_id as i32, m.aux));
+        }
+      }
+      Kind::ConnDone => self.conns.retain(|c| c.2 != m.aux),
+      Kind::Listen => {
+        if let Some(l) = fds.next() {
+          self.listeners.push((l, m.aux));
+        }
+      }
+      Kind::ListenDone => self.listeners.retain(|l| l.1 != m.aux),
+      Kind::LoopDone => {
+        let id = self.closed_ids.get(&m.loop_id).copied().unwrap_or(m.loop_id);
+        self.tasks.retain(|k, _| k.0 != id);
+      }
     }
+  }
+
+  fn note_start(&mut self, pid: i32) {
+    if pid > 0 {
+      if let Some(t) = procfs::start_ticks(pid) {
+        self.starts.insert(pid, t);
+      }
+    }
+  }
+
+  /// Is `pid` still the process it was when we were given it (not exited, its pid not reused)?
+  fn same(&self, pid: i32) -> bool {
+    pid > 0 && self.starts.get(&pid).is_some_and(|s| procfs::start_ticks(pid) == Some(*s))
   }
 
   /// The daemon may reuse a closed loop's id for a new loop: what the old one left owed moves to an
@@ -297,6 +351,7 @@ impl State {
   fn loop_closed(&mut self, id: u64) {
     self.closed_loops += 1;
     let new = u64::MAX - self.closed_loops;
+    self.closed_ids.insert(id, new);
     let rekey = |k: Key| if k.0 == id { (new, k.1) } else { k };
     self.tasks = std::mem::take(&mut self.tasks).into_iter().map(|(k, t)| (rekey(k), t)).collect();
     self.lineage = std::mem::take(&mut self.lineage).into_iter().map(|(k, (pid, p))| (rekey(k), (pid, p.map(rekey)))).collect();
@@ -315,7 +370,7 @@ impl State {
         Ok(Recv::Bad) => {
           self.bad += 1;
           if self.bad == 1 {
-            log("ignored a malformed message from the daemon");
+            log("ignored a malformed or truncated message from the daemon (out of fds?)");
           }
         }
         Ok(Recv::Eof) => return Drained::Eof,
@@ -344,6 +399,9 @@ impl State {
       let Some(k) = cur else { return Vec::new() };
       let Some(&(pid, parent)) = self.lineage.get(&k) else { return Vec::new() };
       if pid > 0 {
+        if !self.same(pid) {
+          return Vec::new();
+        }
         break pid;
       }
       depth += 1;
@@ -381,12 +439,12 @@ impl State {
     found
   }
 
-  /// A task the daemon received but had not started serving when it died: the descendant of the
-  /// restorer whose innermost pid is the one the restorer named, younger than us, with memory
-  /// registered with a userfaultfd. The same trust as the daemon gives tasks of a failed hand-over
-  /// (descendant of the restorer, younger than the daemon), plus the registration.
+  /// A task handed over but not identified by the daemon when it died: the descendant of the
+  /// restorer whose innermost pid is the one the restorer named, younger than us. The same trust as
+  /// the daemon gives the tasks of a failed hand-over (a descendant of the restorer, younger than the
+  /// daemon); not its registered memory, as CRIU hands a uffd over before it registers the VMAs.
   fn find_handed(&self, h: Handed) -> Option<(i32, OwnedFd)> {
-    if h.restorer <= 0 {
+    if !self.same(h.restorer) {
       return None;
     }
     let mut queue = std::collections::VecDeque::from([h.restorer]);
@@ -402,7 +460,7 @@ impl State {
           continue;
         }
         let Some(start) = procfs::start_ticks(c) else { continue };
-        if start + 1 < self.born || !procfs::has_uffd_ranges(c) {
+        if start + 1 < self.born {
           continue;
         }
         let fd = procfs::pidfd_open(c)?;
@@ -412,13 +470,113 @@ impl State {
     None
   }
 
+  /// Tasks of a uffd taken from the hand-over connection whose pid the daemon had read before it died:
+  /// every descendant of the restorer younger than us with memory registered with a userfaultfd
+  /// that no task we know of has as its pid (a task whose pages were all delivered had its uffd
+  /// closed, so it has none registered any more).
+  fn sweep(&self, restorer: i32, known: &HashSet<i32>) -> Vec<(i32, OwnedFd)> {
+    let mut out = Vec::new();
+    if !self.same(restorer) {
+      return out;
+    }
+    let mut queue = std::collections::VecDeque::from([restorer]);
+    let mut seen = 0;
+    while let Some(p) = queue.pop_front() {
+      seen += 1;
+      if seen > 4096 {
+        break;
+      }
+      for c in procfs::children(p) {
+        queue.push_back(c);
+        if known.contains(&c) || !procfs::has_uffd_ranges(c) {
+          continue;
+        }
+        let Some(start) = procfs::start_ticks(c) else { continue };
+        if start + 1 < self.born {
+          continue;
+        }
+        if let Some(fd) = procfs::pidfd_open(c) {
+          if procfs::start_ticks(c) == Some(start) {
+            out.push((c, fd));
+          }
+        }
+      }
+    }
+    out
+  }
+
+  /// Takes what is still queued on the hand-over connections: uffds the restorer sent that the
+  /// daemon never read. Each is held (so its task blocks rather than reads zeros) and returned with
+  /// the pid the restorer named it by, when that was not consumed by the daemon already. The
+  /// connection is shut down first, so the restorer cannot add more behind our back: its next send
+  /// fails, and it abandons the restore.
+  fn take_in_flight(&mut self) -> Vec<(Option<i32>, i32)> {
+    // Restorers that connected (and maybe sent everything) before the daemon accepted them: no new
+    // connection from now on (shutdown makes connect fail), then take every one still queued.
+    for (l, _) in std::mem::take(&mut self.listeners) {
+      let fd = l.as_raw_fd();
+      // SAFETY: shutdown(2) on a listening socket we own: later connects are refused.
+      unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+      loop {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, no wait.
+        if unsafe { libc::poll(&mut p, 1, 0) } <= 0 {
+          break;
+        }
+        // SAFETY: accept4 on our listening socket, with null address out-params.
+        let c = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+        if c < 0 {
+          break;
+        }
+        // SAFETY: a fresh fd owned by nobody else.
+        let c = unsafe { OwnedFd::from_raw_fd(c) };
+        // Only a restorer the daemon would have heard (root or its user): another peer's "tasks"
+        // are nothing to act on.
+        match procfs::peer_cred(c.as_raw_fd()) {
+          // SAFETY: geteuid has no preconditions.
+          Some(cr) if cr.uid == 0 || cr.uid == unsafe { libc::geteuid() } => {
+            self.note_start(cr.pid);
+            self.conns.push((c, cr.pid, u32::MAX));
+          }
+          _ => {}
+        }
+      }
+    }
+    let mut found = Vec::new();
+    for (c, restorer, _) in std::mem::take(&mut self.conns) {
+      let fd = c.as_raw_fd();
+      // SAFETY: shutdown(2) on a socket we own.
+      unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+      let mut bytes: Vec<u8> = Vec::new();
+      loop {
+        let (n, fds) = match procfs::recv_stream(fd) {
+          Ok(Some(r)) => r,
+          Ok(None) | Err(_) => break,
+        };
+        bytes.extend_from_slice(&n);
+        for u in fds {
+          // The protocol: a 4-byte pid, then a 1-byte message carrying the uffd. If the daemon had
+          // read the pid, only the message is left and the pid is unknown here.
+          let ns = (bytes.len() >= 5).then(|| {
+            let b = &bytes[bytes.len() - 5..bytes.len() - 1];
+            i32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+          });
+          found.push((ns.filter(|p| *p > 0), restorer));
+          self.taken.push(u);
+        }
+      }
+    }
+    found
+  }
+
   /// The daemon is gone (or said goodbye): kill whatever is still owed, wait for it to exit, let go.
   fn settle(mut self, why: &str) -> i32 {
     if self.bye {
       // A deliberate stop: uffds the daemon received but never served were closed by it on purpose.
       self.holds.clear();
     }
-    if self.tasks.is_empty() && self.holds.is_empty() {
+    let in_flight = self.take_in_flight();
+    if self.tasks.is_empty() && self.holds.is_empty() && in_flight.is_empty() {
       return 0;
     }
     let known: HashSet<i32> = self.lineage.values().map(|l| l.0).filter(|p| *p > 0).collect();
@@ -454,6 +612,21 @@ impl State {
         }
         Some(_) => handed += 1,
         None => unknown += 1,
+      }
+    }
+    for (ns, restorer) in &in_flight {
+      let found: Vec<(i32, OwnedFd)> = match ns {
+        Some(p) => self.find_handed(Handed { ns_pid: *p, restorer: *restorer }).into_iter().collect(),
+        None => self.sweep(*restorer, &known),
+      };
+      if found.is_empty() {
+        unknown += 1;
+      }
+      handed += 1;
+      for (pid, fd) in found {
+        if seen.insert(pid) {
+          extra.push((pid, fd));
+        }
       }
     }
     let mut killed: Vec<(i32, RawFd)> = Vec::new();
@@ -669,6 +842,62 @@ pub mod procfs {
       .is_ok_and(|s| s.lines().any(|l| l.starts_with("VmFlags:") && l.split_whitespace().any(|f| f == "um")))
   }
 
+  /// One non-blocking read of a stream socket with the fds that came with it (SCM_RIGHTS, taken
+  /// CLOEXEC). None at end of file or when nothing is queued.
+  pub fn recv_stream(fd: RawFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut data = [0u8; 4096];
+    let mut cbuf = [0u64; 32];
+    let mut iov = libc::iovec { iov_base: data.as_mut_ptr() as *mut libc::c_void, iov_len: data.len() };
+    // SAFETY: zero is a valid msghdr.
+    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+    mh.msg_iov = &mut iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    mh.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    let n = loop {
+      // SAFETY: `mh` points at live buffers for the duration of the call.
+      let n = unsafe { libc::recvmsg(fd, &mut mh, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
+      if n >= 0 {
+        break n as usize;
+      }
+      let e = io::Error::last_os_error();
+      match e.kind() {
+        io::ErrorKind::Interrupted => continue,
+        io::ErrorKind::WouldBlock => return Ok(None),
+        _ => return Err(e),
+      }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: CMSG_* walk the control buffer the kernel just filled, bounded by msg_controllen; each
+    // fd there was installed in our table by this recvmsg and belongs to nobody else.
+    unsafe {
+      let mut c = libc::CMSG_FIRSTHDR(&mh);
+      while !c.is_null() {
+        if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+          let d = libc::CMSG_DATA(c) as *const RawFd;
+          let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+          for i in 0..count {
+            fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(d.add(i))));
+          }
+        }
+        c = libc::CMSG_NXTHDR(&mh, c);
+      }
+    }
+    if n == 0 && fds.is_empty() {
+      return Ok(None);
+    }
+    Ok(Some((data[..n].to_vec(), fds)))
+  }
+
+  /// The credentials of a unix socket's peer (SO_PEERCRED), as the kernel recorded them.
+  pub fn peer_cred(fd: RawFd) -> Option<libc::ucred> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly sized ucred we own.
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut libc::c_void, &mut len) };
+    (r == 0 && len as usize == std::mem::size_of::<libc::ucred>()).then_some(cred)
+  }
+
   /// Children of every thread of `pid`.
   pub fn children(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
@@ -708,6 +937,18 @@ mod tests {
     assert_eq!(st.tasks.len(), 2, "the closed loop's two tasks are still owed");
     let moved = (u64::MAX - 1, 2);
     assert_eq!(st.lineage.get(&moved).map(|l| l.1), Some(Some((u64::MAX - 1, 1))));
+  }
+
+  #[test]
+  fn loop_done_after_loop_closed_lets_go_of_that_loops_leftovers_only() {
+    let mut st = State::default();
+    // SAFETY: as above.
+    let fd = || unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, libc::EFD_CLOEXEC)) };
+    st.apply(Msg { kind: Kind::Add, pid: 0, proc_id: 3, aux: 0, loop_id: 5 }, vec![fd()]);
+    st.apply(Msg { kind: Kind::Add, pid: 0, proc_id: 3, aux: 0, loop_id: 6 }, vec![fd()]);
+    st.apply(Msg { kind: Kind::LoopClosed, pid: 0, proc_id: 0, aux: 0, loop_id: 5 }, vec![]);
+    st.apply(Msg { kind: Kind::LoopDone, pid: 0, proc_id: 0, aux: 0, loop_id: 5 }, vec![]);
+    assert_eq!(st.tasks.keys().copied().collect::<Vec<_>>(), vec![(6, 3)]);
   }
 
   #[test]

@@ -39,6 +39,24 @@ pub enum Kind {
   Bye = 8,
   /// Guardian -> daemon, once: running, in its own session, signals ignored.
   Ready = 9,
+  /// The restorer's hand-over connection was accepted (`proc_id` = the restorer's pid, `aux` = its
+  /// fd number in the daemon). fds: [the connected socket]. The guardian's copy keeps it open: uffds the restorer sent that the daemon
+  /// had not read yet when it died stay queued there (closing the socket would drop them and their
+  /// tasks would read zeros), so the guardian can take and act on them.
+  Conn = 10,
+  /// The daemon is done with hand-over connection `aux` (restore finished, or it gave up on it):
+  /// the guardian lets go of its copy, so the restorer sees the connection closed as before.
+  ConnDone = 11,
+  /// The daemon's listening hand-over socket (`aux` = its fd number in the daemon). fds: [it]. A
+  /// restorer may connect and send everything before the daemon accepts: those connections wait
+  /// in this socket's queue, and the guardian's copy keeps them from being dropped with the daemon.
+  Listen = 12,
+  /// The daemon stopped listening on socket `aux`: let go of the copy.
+  ListenDone = 13,
+  /// Loop `loop_id` (closed already) ended with every process it served complete: what it did not
+  /// release (a FORK read after its last process was done: a child of a complete parent) is not
+  /// owed anything. Let go of it.
+  LoopDone = 14,
 }
 
 impl Kind {
@@ -53,6 +71,11 @@ impl Kind {
       7 => Kind::LoopClosed,
       8 => Kind::Bye,
       9 => Kind::Ready,
+      10 => Kind::Conn,
+      11 => Kind::ConnDone,
+      12 => Kind::Listen,
+      13 => Kind::ListenDone,
+      14 => Kind::LoopDone,
       _ => return None,
     })
   }

@@ -273,3 +273,147 @@ fn handed_over_task_is_killed(then_served: bool) {
     kill(&mut g);
   }
 }
+
+/// The restorer sent a task's pid and uffd on the hand-over connection, and the daemon died before
+/// reading them (`pid_read`: it had read the pid, not the uffd). The kernel would drop the uffd with
+/// the connection; the guardian's copy of the connection keeps it, and the task is killed.
+fn in_flight_uffd_is_taken_and_its_task_killed(pid_read: bool) {
+  let (sock, mut g) = guardian();
+  std::thread::sleep(Duration::from_millis(20)); // the task must be younger than the guardian
+  let task = registered_task();
+  let until = Instant::now() + Duration::from_secs(5);
+  while !procfs::has_uffd_ranges(task) {
+    assert!(Instant::now() < until, "the task did not register its page");
+    std::thread::sleep(Duration::from_millis(5));
+  }
+  // The hand-over connection: `restorer` is CRIU's end, `daemon` the daemon's accepted socket.
+  let mut sv = [-1 as RawFd; 2];
+  // SAFETY: socketpair writes two fds into `sv`.
+  assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) }, 0);
+  // SAFETY: two fresh fds owned by nobody else.
+  let (restorer, daemon) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+  let m = Msg { kind: Kind::Conn, pid: 0, proc_id: std::process::id(), aux: daemon.as_raw_fd() as u32, loop_id: 0 };
+  wire::send(sock.as_raw_fd(), &m, &[daemon.as_raw_fd()]).unwrap();
+  // CRIU's two writes for a task: its pid, then one byte carrying its uffd.
+  let u = uffd();
+  // SAFETY: write(2) of 4 bytes from a local.
+  assert_eq!(unsafe { libc::write(restorer.as_raw_fd(), task.to_ne_bytes().as_ptr() as *const libc::c_void, 4) }, 4);
+  send_fd_byte(restorer.as_raw_fd(), u.as_raw_fd());
+  drop(u); // as the restorer does: its own copy is closed after the hand-over
+  if pid_read {
+    let mut b = [0u8; 4];
+    // SAFETY: read(2) of 4 bytes into a local.
+    assert_eq!(unsafe { libc::read(daemon.as_raw_fd(), b.as_mut_ptr() as *mut libc::c_void, 4) }, 4);
+  }
+  // The daemon dies: its socketpair end and its copy of the connection close.
+  drop(daemon);
+  drop(sock);
+  let mut status = 0;
+  let until = Instant::now() + Duration::from_secs(5);
+  let mut reaped = 0;
+  while Instant::now() < until && reaped != task {
+    // SAFETY: waitpid on our own child with a status out-param.
+    reaped = unsafe { libc::waitpid(task, &mut status, libc::WNOHANG) };
+    std::thread::sleep(Duration::from_millis(10));
+  }
+  if reaped != task {
+    // SAFETY: kill(2) by pid of our own unreaped child, then reap it.
+    unsafe {
+      libc::kill(task, libc::SIGKILL);
+      libc::waitpid(task, &mut status, 0);
+    }
+  }
+  assert!(reaped == task && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL, "the task whose uffd was in flight must be SIGKILLed (reaped {reaped}, status {status:#x})");
+  // The restorer's next write fails: the guardian shut the connection down.
+  let one = [0u8; 4];
+  // SAFETY: send(2) of 4 bytes from a local, MSG_NOSIGNAL so a broken pipe is an error, not a signal.
+  let r = unsafe { libc::send(restorer.as_raw_fd(), one.as_ptr() as *const libc::c_void, 4, libc::MSG_NOSIGNAL) };
+  assert!(r < 0, "the restorer could still write to the hand-over connection");
+  if wait_for(&mut g, Duration::from_secs(5)).is_none() {
+    kill(&mut g);
+  }
+}
+
+fn send_fd_byte(sock: RawFd, fd: RawFd) {
+  let mut byte = [0u8; 1];
+  let mut iov = libc::iovec { iov_base: byte.as_mut_ptr() as *mut libc::c_void, iov_len: 1 };
+  let mut cbuf = [0u64; 4];
+  // SAFETY: zero is a valid msghdr; the control buffer holds one SCM_RIGHTS header with one fd.
+  unsafe {
+    let mut mh: libc::msghdr = std::mem::zeroed();
+    mh.msg_iov = &mut iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    mh.msg_controllen = libc::CMSG_SPACE(4) as _;
+    let c = libc::CMSG_FIRSTHDR(&mh);
+    (*c).cmsg_level = libc::SOL_SOCKET;
+    (*c).cmsg_type = libc::SCM_RIGHTS;
+    (*c).cmsg_len = libc::CMSG_LEN(4) as _;
+    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
+    assert_eq!(libc::sendmsg(sock, &mh, 0), 1);
+  }
+}
+
+#[test]
+fn a_uffd_still_in_flight_on_the_handover_connection_is_taken_and_its_task_killed() {
+  let _serial = serial();
+  in_flight_uffd_is_taken_and_its_task_killed(false);
+}
+
+#[test]
+fn a_uffd_in_flight_whose_pid_the_daemon_had_read_is_taken_and_its_task_found_by_its_registered_memory() {
+  let _serial = serial();
+  in_flight_uffd_is_taken_and_its_task_killed(true);
+}
+
+#[test]
+fn a_restorer_that_sent_everything_before_the_daemon_accepted_it_gets_its_tasks_killed() {
+  let _serial = serial();
+  let (sock, mut g) = guardian();
+  std::thread::sleep(Duration::from_millis(20)); // the task must be younger than the guardian
+  let task = registered_task();
+  let until = Instant::now() + Duration::from_secs(5);
+  while !procfs::has_uffd_ranges(task) {
+    assert!(Instant::now() < until, "the task did not register its page");
+    std::thread::sleep(Duration::from_millis(5));
+  }
+  // The daemon's listening socket; the guardian gets a copy, as the hand-over listener sends it.
+  let dir = std::env::temp_dir().join(format!("guardian-listen-{}", std::process::id()));
+  let _ = std::fs::create_dir_all(&dir);
+  let path = dir.join("lazy-pages.socket");
+  let _ = std::fs::remove_file(&path);
+  let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+  let m = Msg { kind: Kind::Listen, pid: 0, proc_id: 0, aux: listener.as_raw_fd() as u32, loop_id: 0 };
+  wire::send(sock.as_raw_fd(), &m, &[listener.as_raw_fd()]).unwrap();
+  // The restorer connects and sends its task (pid, then the uffd) before the daemon accepts.
+  let restorer = std::os::unix::net::UnixStream::connect(&path).unwrap();
+  let u = uffd();
+  // SAFETY: write(2) of 4 bytes from a local.
+  assert_eq!(unsafe { libc::write(restorer.as_raw_fd(), task.to_ne_bytes().as_ptr() as *const libc::c_void, 4) }, 4);
+  send_fd_byte(restorer.as_raw_fd(), u.as_raw_fd());
+  drop(u);
+  // The daemon dies without having accepted.
+  drop(listener);
+  drop(sock);
+  let mut status = 0;
+  let until = Instant::now() + Duration::from_secs(5);
+  let mut reaped = 0;
+  while Instant::now() < until && reaped != task {
+    // SAFETY: waitpid on our own child with a status out-param.
+    reaped = unsafe { libc::waitpid(task, &mut status, libc::WNOHANG) };
+    std::thread::sleep(Duration::from_millis(10));
+  }
+  if reaped != task {
+    // SAFETY: kill(2) by pid of our own unreaped child, then reap it.
+    unsafe {
+      libc::kill(task, libc::SIGKILL);
+      libc::waitpid(task, &mut status, 0);
+    }
+  }
+  let _ = std::fs::remove_dir_all(&dir);
+  assert!(reaped == task && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL, "the task must be SIGKILLed (reaped {reaped}, status {status:#x})");
+  // No one else can connect now: the guardian shut the listening socket down, then closed it.
+  if wait_for(&mut g, Duration::from_secs(5)).is_none() {
+    kill(&mut g);
+  }
+}

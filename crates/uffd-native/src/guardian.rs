@@ -9,10 +9,13 @@
 //! listener and the event loop at the moments a uffd arrives, is served, is identified, is done;
 //! without a running guardian they do nothing (native unit tests, an embedder that opted out).
 //!
-//! Ordering is the whole point: a uffd is duplicated to the guardian on the hand-over thread as soon
-//! as it is received (`hold`), and again with the task's pidfd the moment the event loop starts
-//! serving it (`add`); a FORK's new uffd goes out in the same loop iteration that read it. So there
-//! is no moment at which the daemon's death would close the last copy of an owed uffd.
+//! Ordering is the whole point: the listening socket and the restorer's connection are duplicated
+//! to the guardian (`listening`, `connection`: a connection not accepted yet, and uffds still queued
+//! in one, survive the daemon), a uffd is duplicated on the
+//! hand-over thread as soon as it is read (`hold`), and again with the task's pidfd the moment the
+//! event loop starts serving it (`add`); a FORK's new uffd goes out in the same loop iteration that
+//! read it. So there is no moment at which the daemon's death would close the last copy of an owed
+//! uffd.
 //!
 //! Where the guardian program comes from: `LAZY_PAGES_GUARDIAN` (a path, or `node`), else
 //! `lazy-pages-guardian` next to this addon (a source build copies it there), else this very addon
@@ -148,8 +151,15 @@ fn start() -> Result<Client, GuardianError> {
 pub fn acquire() -> Result<u32, GuardianError> {
   let mut g = client();
   if g.as_ref().is_some_and(|c| c.broken) {
-    // It died under us: whatever it held is lost; a new daemon gets a new guardian.
-    stop(g.take().expect("checked"), false);
+    // A message could not be delivered: its picture of what is owed is wrong (a task it never heard
+    // of, or one it would still kill though it is complete). It must not act on that picture, so it
+    // is SIGKILLed rather than told goodbye (it is our child, not reaped yet: the pid is its own).
+    // The daemons that were warned keep running unprotected; a new daemon gets a new guardian.
+    let mut old = g.take().expect("checked");
+    if let Some(child) = old.child.as_mut() {
+      let _ = child.kill();
+    }
+    stop(old, false);
   }
   if g.is_none() {
     *g = Some(start()?);
@@ -159,11 +169,12 @@ pub fn acquire() -> Result<u32, GuardianError> {
   Ok(c.pid)
 }
 
-/// One user is done; the last one stops the guardian cleanly: it kills whatever is still owed (none
-/// when the daemon released every task), lets go of the rest and exits.
-pub fn release() {
+/// One user of the guardian `pid` (what `acquire` returned) is done; the last one stops it cleanly:
+/// it kills whatever is still owed (none when the daemon released every task), lets go of the rest
+/// and exits. A user of a guardian that has since been replaced counts for nothing here.
+pub fn release(pid: u32) {
   let mut g = client();
-  let Some(c) = g.as_mut() else { return };
+  let Some(c) = g.as_mut().filter(|c| c.pid == pid) else { return };
   c.users = c.users.saturating_sub(1);
   if c.users == 0 {
     stop(g.take().expect("checked"), true);
@@ -202,10 +213,12 @@ fn send(c: &mut Client, m: Msg, fds: &[RawFd]) -> Result<(), String> {
     Ok(()) => Ok(()),
     Err(e) => {
       c.broken = true;
-      Err(format!(
-        "guardian (pid {}): cannot reach it ({e}): processes are no longer protected should the daemon die",
-        c.pid
-      ))
+      let msg = format!("guardian (pid {}): cannot reach it ({e}): processes are no longer protected should the daemon die", c.pid);
+      // Also on stderr at once: the hand-over thread's hooks have nobody to report to.
+      let line = format!("lazy-pages: {msg}\n");
+      // SAFETY: write(2) of our own buffer to fd 2; a failure (closed stderr) is ignored on purpose.
+      unsafe { libc::write(2, line.as_ptr() as *const libc::c_void, line.len()) };
+      Err(msg)
     }
   }
 }
@@ -227,6 +240,33 @@ pub fn hold(fd: RawFd, ns_pid: i32, restorer: i32) {
     c.held.insert(fd);
     Ok(())
   });
+}
+
+/// Hand-over thread: the restorer's connection was accepted. The guardian keeps a copy of the socket,
+/// so uffds the restorer has sent but this process has not read yet are not lost should it die: the
+/// guardian takes them off the socket and kills their tasks. Keep the returned guard as long as the
+/// connection is served: dropping it tells the guardian to let go of its copy.
+pub fn connection(fd: RawFd, restorer: i32) -> ConnGuard {
+  let _ = with_client(|c| send(c, Msg { kind: Kind::Conn, pid: 0, proc_id: restorer.max(0) as u32, aux: fd as u32, loop_id: 0 }, &[fd]));
+  ConnGuard(fd, Kind::ConnDone)
+}
+
+/// Hand-over thread: it listens on `fd`. A restorer can connect and send everything before this
+/// process accepts it; the guardian's copy of the listening socket keeps such a connection (and the
+/// uffds in it) from being dropped should this process die. Keep the guard while listening.
+pub fn listening(fd: RawFd) -> ConnGuard {
+  let _ = with_client(|c| send(c, Msg { kind: Kind::Listen, pid: 0, proc_id: 0, aux: fd as u32, loop_id: 0 }, &[fd]));
+  ConnGuard(fd, Kind::ListenDone)
+}
+
+/// See [`connection`] and [`listening`]: dropping it tells the guardian to let go of its copy.
+pub struct ConnGuard(RawFd, Kind);
+
+impl Drop for ConnGuard {
+  fn drop(&mut self) {
+    let (fd, kind) = (self.0, self.1);
+    let _ = with_client(|c| send(c, Msg { kind, pid: 0, proc_id: 0, aux: fd as u32, loop_id: 0 }, &[]));
+  }
 }
 
 /// A held uffd is about to be closed without being served (the daemon refused the task): let go.
@@ -270,6 +310,13 @@ pub fn watch(loop_id: u64, proc_id: u32, pid: i32) -> Result<(), String> {
 /// Event loop: nothing is owed to `proc_id` any more (done, exited, or killed by the daemon).
 pub fn release_task(loop_id: u64, proc_id: u32) -> Result<(), String> {
   with_client(|c| send(c, Msg { kind: Kind::Release, pid: 0, proc_id, aux: 0, loop_id }, &[]))
+}
+
+/// JS, after the loop `loop_id` was closed: every process it served was complete, so what it did
+/// not release (a child forked by a complete parent, read after the daemon had finished) is owed
+/// nothing: the guardian lets go of it rather than kill it.
+pub fn loop_done(loop_id: u64) {
+  let _ = with_client(|c| send(c, Msg { kind: Kind::LoopDone, pid: 0, proc_id: 0, aux: 0, loop_id }, &[]));
 }
 
 /// Event loop: the loop stopped; what it did not release stays owed.

@@ -409,7 +409,13 @@ impl Listener {
       .name("lazy-pages-handover".into())
       .spawn({
         let path = path.clone();
-        move || serve(sock, &path, wake_raw, &stop2, &mut report)
+        // The guardian keeps a copy of the listening socket from before anyone can connect until the
+        // thread ends, so a restorer's uffds queued there are not dropped should this process die.
+        let guardian_copy = crate::guardian::listening(sock.as_raw_fd());
+        move || {
+          let _guardian_copy = guardian_copy;
+          serve(sock, &path, wake_raw, &stop2, &mut report)
+        }
       })
       .map_err(|e| HandoverError::Bind(work_dir.to_path_buf(), e))?;
     Ok(Listener { path, stop, wake, thread: Some(thread) })
@@ -445,6 +451,8 @@ impl Drop for Listener {
 /// byte of it is read, and does not take the restorer's place: the real restorer may still connect.
 fn serve(sock: OwnedFd, path: &Path, wake: RawFd, stop: &AtomicBool, report: &mut dyn FnMut(Report)) {
   let mut conn: Option<SocketSource> = None;
+  // The guardian keeps a copy of the accepted socket while it is served (see guardian.rs).
+  let mut _guardian_copy = None;
   loop {
     if stop.load(Ordering::SeqCst) {
       return;
@@ -471,6 +479,7 @@ fn serve(sock: OwnedFd, path: &Path, wake: RawFd, stop: &AtomicBool, report: &mu
             drop(c);
             report(Report::Refused(why));
           } else if conn.is_none() {
+            _guardian_copy = Some(crate::guardian::connection(c.as_raw_fd(), cred.map_or(0, |c| c.pid)));
             conn = Some(SocketSource(c));
             report(Report::Connected { pid: cred.map_or(0, |c| c.pid) });
           } else {

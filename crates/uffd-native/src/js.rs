@@ -29,10 +29,11 @@ pub fn guardian_start() -> Result<u32> {
   crate::guardian::acquire().map_err(to_napi)
 }
 
-/// One user of the guardian is done; the last one stops it (it kills whatever is still owed first).
+/// One user of the guardian `pid` (what `guardianStart` returned) is done; the last one stops it
+/// (it kills whatever is still owed first).
 #[napi]
-pub fn guardian_stop() {
-  crate::guardian::release();
+pub fn guardian_stop(pid: u32) {
+  crate::guardian::release(pid);
 }
 
 /// Internal: the body of a guardian started as `node -e` (when no `lazy-pages-guardian` binary sits
@@ -751,9 +752,15 @@ impl EventLoop {
   }
 
   /// Stops the thread, closes every fd, releases the callback so Node can exit. Idempotent.
+  /// `complete`: every process served was complete, so the guardian lets go of whatever the loop did
+  /// not release (otherwise it stays owed: killed if the daemon dies or stops the guardian).
   #[napi]
-  pub fn close(&mut self) {
+  pub fn close(&mut self, complete: Option<bool>) {
+    let was_open = !self.handle.is_closed();
     self.handle.close();
+    if was_open && complete == Some(true) {
+      crate::guardian::loop_done(crate::guardian::loop_id(&self.handle.shared));
+    }
     self.callback.release();
   }
 }
