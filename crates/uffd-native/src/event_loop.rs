@@ -220,7 +220,14 @@ impl LoopHandle {
       .name("lazy-pages-uffd".into())
       .spawn(move || {
         raise_priority();
-        Loop::new(ep, s2).run()
+        // A panic here would leave every owed process blocked on a uffd nobody serves, with the daemon
+        // alive (so the guardian would not act). Abort instead: the daemon dies, and the guardian
+        // SIGKILLs what is owed before the uffds close.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Loop::new(ep, s2).run()));
+        if run.is_err() {
+          eprintln!("lazy-pages: the native event loop panicked: aborting, so that the guardian kills the processes still owed pages");
+          std::process::abort();
+        }
       })
       .map_err(StartError)?;
     Ok(LoopHandle { shared, thread: Some(thread) })
