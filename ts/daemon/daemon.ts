@@ -727,7 +727,9 @@ class Daemon implements LazyPagesDaemon {
 
   private exited(st: ProcessState): void {
     if (st.status !== 'serving') return;
-    this.processDone(st, 'exited');
+    // Its last pages may be reported in the same batch as its exit (served facts travel in batches):
+    // a process that had every page before it exited is done, not cut short.
+    this.processDone(st, st.remaining === 0 ? 'done' : 'exited');
   }
 
   /** The daemon cannot serve this process any more: kill it BEFORE its uffd closes, and say why. */
