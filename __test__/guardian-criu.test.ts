@@ -40,7 +40,7 @@ criuTest('real CRIU, pid namespace: our daemon SIGKILLed mid-restore, the restor
   t.log(guardianWords);
 }, { serial: true });
 
-const ROUNDS = Number(process.env.GUARDIAN_CRIU_ROUNDS ?? 8);
+const ROUNDS = Number(process.env.GUARDIAN_CRIU_ROUNDS ?? 100);
 
 criuTest(`real CRIU chaos: ${ROUNDS} lazy restores, our daemon SIGKILLed at a random moment; every task completes verified or is SIGKILLed`, async (t) => {
   t.timeout(ROUNDS * 20_000);
