@@ -24,6 +24,9 @@ import { TsRemote } from './ts-remote.js';
 
 const PAGE = BigInt(PAGE_SIZE);
 export const SOCKET_NAME = 'lazy-pages.socket';
+/** A task not found at "restore finished" is looked for again this many times, this far apart. */
+const IDENTIFY_RETRIES = 10;
+const IDENTIFY_RETRY_MS = 50;
 /** After a bad task in the hand-over, how long the rest of it is still read (to kill those tasks too). */
 const HANDOVER_DRAIN_MS = 1000;
 
@@ -551,12 +554,20 @@ class Daemon implements LazyPagesDaemon {
    * At "restore finished" every task has its lazy VMAs in place and registered: find the tasks that
    * could not be identified at their hand-over, and watch them (their exit ends their transfer).
    */
-  private identify(): void {
-    for (const procId of this.unidentified) {
+  private identify(attempt = 0): void {
+    for (const procId of [...this.unidentified]) {
       const st = this.states.get(procId);
-      if (!st || st.status !== 'serving') continue;
+      if (!st || st.status !== 'serving') {
+        // Done or gone already (a short-lived program can finish before this runs): nothing to watch.
+        this.unidentified.delete(procId);
+        continue;
+      }
       const real = resolveTask(st.pid, this.restorerPid, st.image);
       if (real === undefined) {
+        // It may be exiting right now (its VMAs going), which its uffd will report: look again a few
+        // times before saying it cannot be killed.
+        if (attempt < IDENTIFY_RETRIES) continue;
+        this.unidentified.delete(procId);
         this.emit({
           type: 'warning',
           message: `pid ${st.pid}: no descendant of the restorer (pid ${this.restorerPid}) has this pid in its namespace ` +
@@ -564,10 +575,13 @@ class Daemon implements LazyPagesDaemon {
         });
         continue;
       }
+      this.unidentified.delete(procId);
       this.killPid.set(procId, { pid: real, start: startTicks(real) });
       this.loop.watchPid(procId, real);
     }
-    this.unidentified.clear();
+    if (this.unidentified.size > 0 && !this.ended) {
+      setTimeout(() => this.guard(() => this.identify(attempt + 1)), IDENTIFY_RETRY_MS).unref();
+    }
   }
 
   /**
