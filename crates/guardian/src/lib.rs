@@ -847,42 +847,7 @@ pub mod procfs {
   pub fn recv_stream(fd: RawFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     let mut data = [0u8; 4096];
     let mut cbuf = [0u64; 32];
-    let mut iov = libc::iovec { iov_base: data.as_mut_ptr() as *mut libc::c_void, iov_len: data.len() };
-    // SAFETY: zero is a valid msghdr.
-    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
-    mh.msg_iov = &mut iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-    mh.msg_controllen = std::mem::size_of_val(&cbuf) as _;
-    let n = loop {
-      // SAFETY: `mh` points at live buffers for the duration of the call.
-      let n = unsafe { libc::recvmsg(fd, &mut mh, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
-      if n >= 0 {
-        break n as usize;
-      }
-      let e = io::Error::last_os_error();
-      match e.kind() {
-        io::ErrorKind::Interrupted => continue,
-        io::ErrorKind::WouldBlock => return Ok(None),
-        _ => return Err(e),
-      }
-    };
-    let mut fds = Vec::new();
-    // SAFETY: CMSG_* walk the control buffer the kernel just filled, bounded by msg_controllen; each
-    // fd there was installed in our table by this recvmsg and belongs to nobody else.
-    unsafe {
-      let mut c = libc::CMSG_FIRSTHDR(&mh);
-      while !c.is_null() {
-        if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-          let d = libc::CMSG_DATA(c) as *const RawFd;
-          let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
-          for i in 0..count {
-            fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(d.add(i))));
-          }
-        }
-        c = libc::CMSG_NXTHDR(&mh, c);
-      }
-    }
+    let Some((n, fds, _)) = super::wire::recv_with_fds(fd, &mut data, &mut cbuf)? else { return Ok(None) };
     if n == 0 && fds.is_empty() {
       return Ok(None);
     }

@@ -180,27 +180,27 @@ pub enum Recv {
   Empty,
 }
 
-/// Receives one record without blocking. Received fds are CLOEXEC and owned by the caller.
-pub fn recv(sock: RawFd) -> io::Result<Recv> {
-  let mut data = [0u8; MSG_LEN + 1];
+/// One non-blocking `recvmsg` into `data`, with the fds that came along (SCM_RIGHTS, taken CLOEXEC and
+/// owned by the caller). `Ok(None)` when nothing is queued; otherwise the bytes read, the fds, and
+/// whether the control data was truncated (fds lost).
+pub fn recv_with_fds(fd: RawFd, data: &mut [u8], cbuf: &mut [u64]) -> io::Result<Option<(usize, Vec<OwnedFd>, bool)>> {
   let mut iov = libc::iovec { iov_base: data.as_mut_ptr() as *mut libc::c_void, iov_len: data.len() };
-  let mut cbuf: Cbuf = [0; 8];
   // SAFETY: zero is a valid msghdr.
   let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
   mh.msg_iov = &mut iov;
   mh.msg_iovlen = 1;
   mh.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-  mh.msg_controllen = std::mem::size_of::<Cbuf>() as _;
+  mh.msg_controllen = std::mem::size_of_val(cbuf) as _;
   let n = loop {
     // SAFETY: `mh` points at live buffers for the duration of the call.
-    let n = unsafe { libc::recvmsg(sock, &mut mh, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
+    let n = unsafe { libc::recvmsg(fd, &mut mh, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
     if n >= 0 {
       break n as usize;
     }
     let e = io::Error::last_os_error();
     match e.kind() {
       io::ErrorKind::Interrupted => continue,
-      io::ErrorKind::WouldBlock => return Ok(Recv::Empty),
+      io::ErrorKind::WouldBlock => return Ok(None),
       _ => return Err(e),
     }
   };
@@ -220,12 +220,20 @@ pub fn recv(sock: RawFd) -> io::Result<Recv> {
       c = libc::CMSG_NXTHDR(&mh, c);
     }
   }
+  Ok(Some((n, fds, mh.msg_flags & libc::MSG_CTRUNC != 0)))
+}
+
+/// Receives one record without blocking. Received fds are CLOEXEC and owned by the caller.
+pub fn recv(sock: RawFd) -> io::Result<Recv> {
+  let mut data = [0u8; MSG_LEN + 1];
+  let mut cbuf: Cbuf = [0; 8];
+  let Some((n, fds, truncated)) = recv_with_fds(sock, &mut data, &mut cbuf)? else { return Ok(Recv::Empty) };
   if n == 0 && fds.is_empty() {
     // SEQPACKET: a zero-length read is end of file (we never send empty records).
     return Ok(Recv::Eof);
   }
   match Msg::decode(&data[..n]) {
-    Some(m) if mh.msg_flags & libc::MSG_CTRUNC == 0 => Ok(Recv::Msg(m, fds)),
+    Some(m) if !truncated => Ok(Recv::Msg(m, fds)),
     _ => Ok(Recv::Bad),
   }
 }
