@@ -579,7 +579,23 @@ class Daemon implements LazyPagesDaemon {
       this.killPid.set(procId, { pid: real, start: startTicks(real) });
       this.loop.watchPid(procId, real);
     }
-    if (this.unidentified.size > 0 && !this.ended) {
+    // A task that forked before it was identified: its child could not be found then (it is found
+    // among its parent's children), so look for it now.
+    let childrenLeft = false;
+    for (const st of this.states.values()) {
+      if (st.status !== 'serving' || st.parent === undefined || this.killPid.has(st.procId)) continue;
+      const parentPid = this.killPid.get(st.parent)?.pid;
+      if (parentPid === undefined) {
+        childrenLeft ||= this.unidentified.has(st.parent);
+        continue;
+      }
+      const found = findNewChild(parentPid, new Set([...this.killPid.values()].map((k) => k.pid)));
+      if (found !== undefined && ownsLazyVmas(found, st.image)) {
+        this.killPid.set(st.procId, { pid: found, start: startTicks(found) });
+        this.loop.watchPid(st.procId, found);
+      }
+    }
+    if ((this.unidentified.size > 0 || childrenLeft) && !this.ended && attempt < IDENTIFY_RETRIES) {
       setTimeout(() => this.guard(() => this.identify(attempt + 1)), IDENTIFY_RETRY_MS).unref();
     }
   }
