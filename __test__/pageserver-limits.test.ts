@@ -277,6 +277,7 @@ for (const engine of ENGINES) {
     const h = await harness(t, engine, { allow: ['127.0.0.2/32'] });
     const intruder = await rawFrom(t, h.srv.port, '127.0.0.1');
     await intruder.whenClosed;
+    await until('the refusal to be reported', () => h.of('refused').length >= 1);
     const r = h.of('refused');
     t.is(r.length, 1);
     t.is(r[0]!.reason, 'not-allowed');
@@ -302,6 +303,7 @@ const hasIpv6Loopback = (() => {
   checkReply(t, h, await get(s, p.pid, p.vmas[0]!.start, 2), 2, '::1 is served');
   const h2 = await harness(t, 'native', { address: '::1', allow: ['fd00::/8', '10.0.0.0/8'] });
   await (await rawFrom(t, h2.srv.port, '::1', '::1')).whenClosed;
+  await until('the refusal to be reported', () => h2.of('refused').length >= 1);
   t.is(h2.of('refused')[0]?.detail, '::1 is not in --allow fd00::/8, 10.0.0.0/8');
   t.regex(h2.of('refused')[0]!.peer, /^\[::1\]:\d+$/);
 });

@@ -393,7 +393,7 @@ impl Loop {
       self.check_source_stall();
       if self.shared.stop.load(Ordering::SeqCst) {
         if let Some(c) = self.client.as_mut() {
-          c.close_best_effort();
+          c.close_best_effort(std::time::Duration::from_millis(500));
         }
         self.flush_now();
         crate::guardian::loop_closed(crate::guardian::loop_id(&self.shared));
@@ -750,7 +750,7 @@ impl Loop {
     // while it polls for a fault's reply: back to the default priority for a remote source.
     set_nice(0);
     if let Some(mut old) = self.client.take() {
-      old.close_best_effort();
+      old.close_best_effort(std::time::Duration::from_millis(500));
       old.detach();
       self.fail_fetches(old.take_fetches());
     }

@@ -622,13 +622,37 @@ impl PageClient {
     self.pool.put(b);
   }
 
-  /// Sends CLOSE, best effort and without blocking (the status reply is not awaited: the loop is shutting
-  /// down).
-  pub fn close_best_effort(&mut self) {
-    if self.conn.out_off >= self.conn.out.len() {
-      let _ = self.conn.write_some(&Header::close().encode());
+  /// Ends the session: sends CLOSE and reads (and drops) what the server still sends (replies to GETs in
+  /// flight, then CLOSE's status) until it closes or is quiet for a moment, at most `max`.
+  ///
+  /// Why read at all: closing a TCP socket with unread data in it sends a reset, and CRIU's page servers
+  /// then end with "Unexpected data: Connection reset by peer" and exit 1 (seen with background pieces
+  /// still in flight when the last process finished).
+  pub fn close_best_effort(&mut self, max: Duration) {
+    let _ = self.conn.flush();
+    if self.conn.out_off < self.conn.out.len() || self.conn.write_some(&Header::close().encode()).is_err() {
+      return;
+    }
+    let deadline = Instant::now() + max;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+      let left = deadline.saturating_duration_since(Instant::now());
+      if left.is_zero() {
+        return;
+      }
+      let mut pfd = libc::pollfd { fd: self.conn.raw(), events: libc::POLLIN, revents: 0 };
+      let wait = left.min(Duration::from_millis(50)).as_millis() as i32;
+      // SAFETY: one valid pollfd for the duration of the call.
+      if unsafe { libc::poll(&mut pfd, 1, wait) } <= 0 {
+        return; // quiet (or poll failed): nothing more is coming soon
+      }
+      match self.conn.read_into(&mut buf) {
+        Ok(Got::Bytes(_)) | Ok(Got::Nothing) => continue,
+        _ => return, // closed by the server, or an error
+      }
     }
   }
+
 }
 
 #[cfg(test)]
