@@ -116,12 +116,12 @@ export const pageServerCommand: CommandModule<object, Record<string, unknown>> =
       },
     });
     const stop = () => void srv.close();
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
+    // Kept installed to the end: a SIGTERM that comes while the server is already stopping (after its
+    // last --sessions session) must not kill it by the default action (it would not exit 0).
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
     // Only now: whoever waits for this line may stop us at once.
     process.stdout.write(`listening on ${srv.address}:${srv.port}\n`);
     await srv.done;
-    process.off('SIGTERM', stop);
-    process.off('SIGINT', stop);
   },
 };
