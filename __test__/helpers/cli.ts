@@ -63,9 +63,9 @@ export function startCliDaemon(
 }
 
 /** The simulator restoring `ck` against the daemon in `workDir`; it and every process it made are killed in teardown. */
-export function startSim(t: ExecutionContext, ck: Checkpoint, workDir: string, args: string[]): SimRun {
+export function startSim(t: ExecutionContext, ck: Checkpoint, workDir: string, args: string[], timeoutSecs = 60): SimRun {
   const layout = layoutFor(ck, workDir);
-  const sim = startSimulator(layout, ['--timeout', '60', ...args]);
+  const sim = startSimulator(layout, ['--timeout', String(timeoutSecs), ...args]);
   t.teardown(() => {
     sim.kill();
     for (const p of layout.processes) if (isSimProcess(p.pid)) process.kill(p.pid, 'SIGKILL');

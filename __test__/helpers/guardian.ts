@@ -9,9 +9,9 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import type { Checkpoint } from '../../ts/images/index.js';
-import { layoutFor } from '../../ts/sim/layout.js';
-import { startSimulator, type SimRun } from '../../ts/sim/run.js';
-import { isSimProcess, repoRoot } from './e2e.js';
+import type { SimRun } from '../../ts/sim/run.js';
+import { repoRoot } from './e2e.js';
+import { startSim as startCliSim } from './cli.js';
 
 export const bin = join(repoRoot, 'bin', 'lazy-pages.js');
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -114,15 +114,9 @@ export async function startDaemon(
   return { child, pid, guardian, exited, stderr: () => err };
 }
 
-/** The simulator restoring `ck` against the daemon in `wd`; it and its processes die in teardown. */
+/** The simulator restoring `ck` against the daemon in `wd` (40 s limit); it and its processes die in teardown. */
 export function startSim(t: ExecutionContext, ck: Checkpoint, wd: string, args: string[]): SimRun {
-  const layout = layoutFor(ck, wd);
-  const sim = startSimulator(layout, ['--timeout', '40', ...args]);
-  t.teardown(() => {
-    sim.kill();
-    for (const p of layout.processes) if (isSimProcess(p.pid)) process.kill(p.pid, 'SIGKILL');
-  });
-  return sim;
+  return startCliSim(t, ck, wd, args, 40);
 }
 
 /** Every process of a finished simulator run either verified every byte or was SIGKILLed; none read a wrong byte. */
