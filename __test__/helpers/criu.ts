@@ -259,6 +259,39 @@ export function killOnTeardown(t: ExecutionContext, child: ChildProcess): void {
   t.teardown(() => killNow(child));
 }
 
+/**
+ * What a process that should have exited is doing, for the failure message: each thread (its own and
+ * its children's: the guardian) with its state, wait channel and kernel stack. A daemon hang seen
+ * once in CI could not be reproduced; this says next time where it waits.
+ */
+export function threadsOf(pid: number | undefined, depth = 0): string {
+  if (!pid || depth > 2) return '';
+  const read = (f: string) => {
+    try {
+      return readFileSync(f, 'utf8').trim();
+    } catch {
+      return '?';
+    }
+  };
+  const out: string[] = [];
+  let tids: string[] = [];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return `pid ${pid}: gone`;
+  }
+  for (const tid of tids) {
+    const d = `/proc/${pid}/task/${tid}`;
+    const state = /\) (\S)/.exec(read(`${d}/stat`))?.[1] ?? '?';
+    const stack = read(`${d}/stack`).split('\n').slice(0, 6).map((l) => l.replace(/^\[<[0-9a-f]+>\] /, '')).join(' < ');
+    out.push(`  ${pid}/${tid} ${read(`${d}/comm`)} ${state} wchan=${read(`${d}/wchan`)}: ${stack}`);
+  }
+  for (const c of read(`/proc/${pid}/task/${pid}/children`).split(/\s+/).filter((x) => /^\d+$/.test(x))) {
+    out.push(threadsOf(Number(c), depth + 1));
+  }
+  return out.filter(Boolean).join('\n');
+}
+
 function killNow(child: ChildProcess): void {
   if (child.exitCode === null && child.signalCode === null && child.pid) {
     try {
@@ -775,6 +808,7 @@ export async function lazyRestore(t: ExecutionContext, o: LazyRestoreOptions): P
     `${o.scenario.prog} ${o.scenario.args.join(' ')}; source ${o.source}${o.netns ? ' (netns)' : ''}; daemon ${o.daemon}; ${address}:${port}`,
     outcome.diag,
     `daemon: ${exitText(daemonExit)} ${daemon.proc.stderr().trim()}`,
+    daemonExit ? '' : `its threads:\n${threadsOf(daemon.proc.child.pid)}`,
     source && o.source !== 'local' ? `page server: ${exitText(sourceExit)} ${source.proc.stderr().trim().split('\n').slice(-5).join(' | ')}` : '',
   ]
     .filter(Boolean)
