@@ -510,6 +510,8 @@ class Daemon implements LazyPagesDaemon {
           if (childPid !== undefined) {
             this.killPid.set(ev.childProcId, { pid: childPid, start: startTicks(childPid) });
             this.loop.watchPid(ev.childProcId, childPid);
+          } else if (this.killPid.has(st.procId)) {
+            this.childSearch();
           }
           dirty.add(st);
           dirty.add(child);
@@ -579,26 +581,54 @@ class Daemon implements LazyPagesDaemon {
       this.killPid.set(procId, { pid: real, start: startTicks(real) });
       this.loop.watchPid(procId, real);
     }
-    // A task that forked before it was identified: its child could not be found then (it is found
-    // among its parent's children), so look for it now.
-    let childrenLeft = false;
+    const childrenLeft = this.identifyChildren();
+    if ((this.unidentified.size > 0 || childrenLeft) && !this.ended && attempt < IDENTIFY_RETRIES) {
+      setTimeout(() => this.guard(() => this.identify(attempt + 1)), IDENTIFY_RETRY_MS).unref();
+    }
+  }
+
+  /**
+   * Forked children not identified yet: a child is found among its parent's children, which is
+   * possible only once the parent is identified, and once the kernel has linked the child in (the
+   * fork event is read before that, so a child looked for at once may not be there yet). True while
+   * some child may still be found.
+   */
+  private identifyChildren(): boolean {
+    let left = false;
     for (const st of this.states.values()) {
       if (st.status !== 'serving' || st.parent === undefined || this.killPid.has(st.procId)) continue;
       const parentPid = this.killPid.get(st.parent)?.pid;
       if (parentPid === undefined) {
-        childrenLeft ||= this.unidentified.has(st.parent);
+        left ||= this.unidentified.has(st.parent);
         continue;
       }
       const found = findNewChild(parentPid, new Set([...this.killPid.values()].map((k) => k.pid)));
       if (found !== undefined && ownsLazyVmas(found, st.image)) {
         this.killPid.set(st.procId, { pid: found, start: startTicks(found) });
         this.loop.watchPid(st.procId, found);
+      } else {
+        left = true;
       }
     }
-    if ((this.unidentified.size > 0 || childrenLeft) && !this.ended && attempt < IDENTIFY_RETRIES) {
-      setTimeout(() => this.guard(() => this.identify(attempt + 1)), IDENTIFY_RETRY_MS).unref();
-    }
+    return left;
   }
+
+  /**
+   * Regression (a child forked after "restore finished" was never watched when the kernel had not
+   * linked it to its parent yet as the fork event was handled: without background transfer its exit
+   * went unnoticed): look for such children again, a few times.
+   */
+  private childSearch(attempt = 0): void {
+    if (this.childSearchPending && attempt === 0) return;
+    this.childSearchPending = true;
+    setTimeout(() => {
+      this.childSearchPending = false;
+      this.guard(() => {
+        if (this.identifyChildren() && attempt + 1 < IDENTIFY_RETRIES) this.childSearch(attempt + 1);
+      });
+    }, attempt === 0 ? 5 : IDENTIFY_RETRY_MS).unref();
+  }
+  private childSearchPending = false;
 
   /**
    * A process we stopped serving forked before we noticed. If it was lost (still owed data), the
