@@ -373,6 +373,8 @@ export interface LoopStats {
   copyPages: number;
   zeroPages: number;
   forwarded: number;
+  /** Faults served by the background copy that held their page (it jumped there). */
+  joined: number;
   bytes: number;
   paused: boolean;
   gen: number;

@@ -97,6 +97,8 @@ pub struct Counters {
   pub copy_pages: AtomicU64,
   pub zero_pages: AtomicU64,
   pub forwarded: AtomicU64,
+  /// Faults served by the background copy that held their page (see `Loop::join_fault`).
+  pub joined: AtomicU64,
   pub bytes: AtomicU64,
   pub paused: AtomicBool,
   pub gen: AtomicU32,
@@ -120,14 +122,54 @@ pub struct Job {
   pub dst: u64,
   pub len: u64,
   pub urgent: bool,
+  /// Offset of the next piece, and the end of the stretch being copied now (`len`, unless a fault
+  /// made the copy jump ahead: see `Loop::join_fault`).
   done: u64,
+  end: u64,
+  /// Stretches `[from, to)` jumped over, copied once the current one is done.
+  holes: Vec<(u64, u64)>,
   copied: u64,
 }
 
 impl Job {
   /// A new request of `len` bytes to `dst`.
   pub fn new(proc_id: u32, req_id: u32, gen: u32, src: Source, dst: u64, len: u64, urgent: bool) -> Job {
-    Job { proc_id, req_id, gen, src, dst, len, urgent, done: 0, copied: 0 }
+    Job { proc_id, req_id, gen, src, dst, len, urgent, done: 0, end: len, holes: Vec::new(), copied: 0 }
+  }
+
+  /// Moves the copy to offset `at` (page-aligned, inside the job, not copied yet): what is left of
+  /// the current stretch before `at` becomes a hole. False if `at` was copied already (or is outside).
+  fn jump_to(&mut self, at: u64) -> bool {
+    if at >= self.done && at < self.end {
+      if at > self.done {
+        self.holes.push((self.done, at));
+      }
+      self.done = at;
+      return true;
+    }
+    let Some(i) = self.holes.iter().position(|&(a, b)| at >= a && at < b) else { return false };
+    let (a, b) = self.holes[i];
+    if self.done < self.end {
+      self.holes.push((self.done, self.end));
+    }
+    if at > a {
+      self.holes[i] = (a, at);
+    } else {
+      self.holes.swap_remove(i);
+    }
+    self.done = at;
+    self.end = b;
+    true
+  }
+
+  /// Past the end of the current stretch: on to the next hole. False when nothing is left.
+  fn next_stretch(&mut self) -> bool {
+    while self.done >= self.end {
+      let Some((a, b)) = self.holes.pop() else { return false };
+      self.done = a;
+      self.end = b;
+    }
+    true
   }
 }
 
@@ -671,8 +713,47 @@ impl Loop {
     }
   }
 
+  /// A fault inside a queued background copy of the same process is served by that copy: the copy
+  /// jumps to the faulting page (what it jumped over is done afterwards) and copies one piece from
+  /// there at once, which wakes the thread. True if the page went in that way.
+  ///
+  /// Why: a program that reads its memory in order catches up with the background copy and then
+  /// faulted on nearly every page at the copy's front, page by page (each a round trip through this
+  /// thread); served by a whole piece, it finds the next pages in and the copy stays ahead. Nothing
+  /// is copied twice and no other work is added: the piece was going to be copied anyway.
+  fn join_fault(&mut self, proc_id: u32, addr: u64) -> bool {
+    let gen = match self.procs.get(&proc_id) {
+      Some(p) if !p.paused && !p.dead => p.gen,
+      _ => return false,
+    };
+    let found = self.background.iter().position(|j| j.proc_id == proc_id && j.gen == gen && addr >= j.dst && addr - j.dst < j.len);
+    let Some(i) = found else { return false };
+    let mut job = self.background.remove(i).expect("index from position");
+    if !job.jump_to(addr - job.dst) {
+      // Copied already by this job: the page is in (or being re-faulted after a layout change).
+      self.background.insert(i, job);
+      return false;
+    }
+    let before = job.copied;
+    let out = self.step(&mut job);
+    let served = job.copied > before;
+    match out {
+      Some(done) => self.out.push(done),
+      None => self.background.push_front(job),
+    }
+    if served {
+      if let Some(p) = self.procs.get(&proc_id) {
+        p.counters.joined.fetch_add(1, Ordering::Relaxed);
+      }
+    }
+    served
+  }
+
   /// Serves one fault of a running process from its table.
   fn serve(&mut self, proc_id: u32, addr: u64, flags: u64) {
+    if self.join_fault(proc_id, addr) {
+      return;
+    }
     let Some(p) = self.procs.get(&proc_id) else { return };
     let entry = p.table.lookup(addr).copied();
     let (res, how, image) = match entry {
@@ -917,10 +998,10 @@ impl Loop {
     if p.paused || p.gen != job.gen {
       return done(job, Status::Stale, None);
     }
-    if job.done >= job.len {
+    if !job.next_stretch() {
       return done(job, if job.copied == 0 && job.len > 0 { Status::Exists } else { Status::Ok }, None);
     }
-    let chunk = (job.len - job.done).min(self.piece);
+    let chunk = (job.end - job.done).min(self.piece);
     let dst = job.dst + job.done;
     let res = match &job.src {
       Source::Zero => p.uffd.zeropage(dst, chunk, 0),
@@ -963,7 +1044,7 @@ impl Loop {
       }
       CopyResult::Again { .. } => done(job, Status::Again, None),
       CopyResult::Exists => {
-        job.done += PAGE.min(job.len - job.done);
+        job.done += PAGE.min(job.end - job.done);
         None
       }
       CopyResult::NoEnt => done(job, Status::NoEnt, None),
@@ -974,5 +1055,50 @@ impl Loop {
       }
       CopyResult::Other(e) => done(job, Status::Error, Some(e)),
     }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  /// Walks a job as `step` does (one page per piece, every page copied), returning page offsets in order.
+  fn walk(job: &mut Job, mut on: impl FnMut(&mut Job, u64)) -> Vec<u64> {
+    let mut order = Vec::new();
+    while job.next_stretch() {
+      let at = job.done;
+      order.push(at / PAGE);
+      job.done += PAGE;
+      on(job, at);
+    }
+    order
+  }
+
+  #[test]
+  fn a_jump_copies_from_the_fault_then_fills_what_it_skipped_each_page_once() {
+    let mut job = Job::new(1, 1, 1, Source::Zero, 0x1000_0000, 10 * PAGE, false);
+    let order = walk(&mut job, |j, at| {
+      if at == PAGE {
+        assert!(j.jump_to(7 * PAGE)); // a fault ahead of the copy
+      }
+      if at == 8 * PAGE {
+        assert!(j.jump_to(4 * PAGE)); // a fault in what was skipped
+        assert!(!j.jump_to(7 * PAGE), "page 7 is copied already");
+      }
+    });
+    assert_eq!(order, vec![0, 1, 7, 8, 4, 5, 6, 9, 2, 3]);
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+  }
+
+  #[test]
+  fn a_jump_outside_the_job_or_to_a_copied_page_is_refused() {
+    let mut job = Job::new(1, 1, 1, Source::Zero, 0, 4 * PAGE, false);
+    job.done = 2 * PAGE;
+    assert!(!job.jump_to(PAGE));
+    assert!(!job.jump_to(4 * PAGE));
+    assert!(job.jump_to(3 * PAGE));
+    assert_eq!(walk(&mut job, |_, _| {}), vec![3, 2]);
   }
 }

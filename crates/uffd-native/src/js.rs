@@ -394,6 +394,8 @@ pub struct RawStats {
   pub copy_pages: f64,
   pub zero_pages: f64,
   pub forwarded: f64,
+  /// Faults served by the background copy that held their page.
+  pub joined: f64,
   pub bytes: f64,
   pub paused: bool,
   pub gen: u32,
@@ -654,6 +656,7 @@ impl EventLoop {
       copy_pages: l(&c.copy_pages),
       zero_pages: l(&c.zero_pages),
       forwarded: l(&c.forwarded),
+      joined: l(&c.joined),
       bytes: l(&c.bytes),
       paused: c.paused.load(Ordering::Relaxed),
       gen: c.gen.load(Ordering::Relaxed),
