@@ -52,7 +52,7 @@ function describe(r: RunResult): string {
   return (
     `all in ${r.allInS.toFixed(3)} s, touches ${r.touchTotalMs.toFixed(0)} ms (p50 ${r.touchP50Us.toFixed(1)} µs, p99 ${r.touchP99Us.toFixed(1)} µs; ` +
     `${r.touchFaults} faulted, p50 ${r.faultP50Us.toFixed(1)} µs), ` +
-    `read ${r.fullReadMs.toFixed(0)} ms, CPU ${r.daemonCpuS.toFixed(2)} s, RSS ${r.daemonPeakRssMiB.toFixed(0)} MiB, ` +
+    `read ${r.fullReadMs.toFixed(0)} ms, CPU ${r.daemonCpuS.toFixed(2)} s, RSS ${r.daemonPeakRssMiB.toFixed(0)} MiB (anon ${r.daemonAnonRssMiB.toFixed(0)}), ` +
     `faults ${r.programFaults}, on demand ${f(r.pagesOnDemand)}, wrong words ${r.wrongWords}`
   );
 }

@@ -10,6 +10,8 @@ export interface DaemonUsage {
   userS: number;
   sysS: number;
   maxRssMiB: number;
+  /** Peak anonymous RSS (sampled every 2 ms), MiB. */
+  anonRssMiB: number;
   /** CLOCK_MONOTONIC when the daemon was reaped (the clock of process.hrtime). */
   endNs: bigint;
 }
@@ -29,6 +31,7 @@ export function readUsage(file: string): DaemonUsage | undefined {
     userS: Number(kv.utime_us) / 1e6,
     sysS: Number(kv.stime_us) / 1e6,
     maxRssMiB: Number(kv.maxrss_kb) / 1024,
+    anonRssMiB: Number(kv.anon_kb) / 1024,
     endNs: BigInt(kv.end_ns),
   };
 }

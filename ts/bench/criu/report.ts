@@ -40,6 +40,7 @@ const ROWS: Row[] = [
   { key: 'rateMiBs', label: () => 'rate (lazy MiB ÷ restore start → all in)', unit: 'MiB/s', digits: 0 },
   { key: 'daemonCpuS', label: () => 'daemon CPU (user + sys, whole life)', unit: 's', digits: 3 },
   { key: 'daemonPeakRssMiB', label: () => 'daemon peak RSS', unit: 'MiB', digits: 1 },
+  { key: 'daemonAnonRssMiB', label: () => 'daemon peak anonymous RSS', unit: 'MiB', digits: 1 },
   { key: 'programFaults', label: () => 'program faults after resume (touches + read)', unit: '', digits: 0 },
   { key: 'pagesOnDemand', label: () => "pages on demand (daemon's count)", unit: '', digits: 0 },
   { key: 'pagesBackground', label: () => "pages in background (daemon's count)", unit: '', digits: 0 },

@@ -68,6 +68,8 @@ export interface RunResult {
   daemonUserS: number;
   daemonSysS: number;
   daemonPeakRssMiB: number;
+  /** Peak anonymous RSS of the daemon's process (its heap, buffers; not its binary's file pages). */
+  daemonAnonRssMiB: number;
   /** Page faults the program's region took after it resumed (touches + full read), all processes. */
   programFaults: number;
   /** The daemon's own count; null when it does not say (CRIU below -v4). */
@@ -187,6 +189,7 @@ export async function restoreRun(procs: Procs, s: RunSetup, r: RunSpec): Promise
       daemonUserS: usage.userS,
       daemonSysS: usage.sysS,
       daemonPeakRssMiB: usage.maxRssMiB,
+      daemonAnonRssMiB: usage.anonRssMiB,
       programFaults: num('touch_faults').reduce((a, b) => a + b, 0) + num('read_faults').reduce((a, b) => a + b, 0),
       pagesOnDemand: counts?.onDemand ?? null,
       pagesBackground: counts?.background ?? null,

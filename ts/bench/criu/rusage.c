@@ -1,10 +1,12 @@
 /*
  * rusage OUT PROG ARGS...: runs PROG (fork + exec), waits for it with wait4() and writes to OUT
- *   exit=N signal=N utime_us=N stime_us=N maxrss_kb=N start_ns=N end_ns=N
+ *   exit=N signal=N utime_us=N stime_us=N maxrss_kb=N anon_kb=N start_ns=N end_ns=N
  * (times from CLOCK_MONOTONIC, the clock of Node's process.hrtime). SIGINT, SIGTERM and SIGHUP are
  * passed on to PROG; PROG is SIGKILLed if this process dies. Exits with PROG's exit code (128+sig
  * if it was killed). Used by `lazy-pages bench --criu` to measure each daemon's CPU and peak RSS
- * (wait4's rusage includes PROG's own reaped children).
+ * (wait4's rusage includes PROG's own reaped children). anon_kb is PROG's peak anonymous RSS
+ * (RssAnon of /proc/PID/status, sampled every 2 ms while it runs): maxrss counts the file pages of
+ * its executable and libraries too, which are shared and not what grows with an image.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,6 +27,20 @@ static volatile pid_t g_child;
 
 static void forward(int sig) {
   if (g_child > 0) kill(g_child, sig);
+}
+
+/* RssAnon of `pid` in kB, or -1. */
+static long rss_anon_kb(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  long kb = -1;
+  while (fgets(line, sizeof line, f)) {
+    if (sscanf(line, "RssAnon: %ld", &kb) == 1) break;
+  }
+  fclose(f);
+  return kb;
 }
 
 static uint64_t now_ns(void) {
@@ -70,11 +86,18 @@ int main(int argc, char **argv) {
 
   int st = 0;
   struct rusage ru;
-  while (wait4(pid, &st, 0, &ru) < 0) {
-    if (errno != EINTR) {
+  long anon_peak = 0;
+  for (;;) {
+    pid_t w = wait4(pid, &st, WNOHANG, &ru);
+    if (w == pid) break;
+    if (w < 0 && errno != EINTR) {
       perror("wait4");
       return 127;
     }
+    long kb = rss_anon_kb(pid);
+    if (kb > anon_peak) anon_peak = kb;
+    struct timespec ts = {0, 2000000};
+    nanosleep(&ts, NULL);
   }
   uint64_t end = now_ns();
   g_child = 0;
@@ -83,10 +106,10 @@ int main(int argc, char **argv) {
     perror(argv[1]);
     return 127;
   }
-  fprintf(f, "exit=%d signal=%d utime_us=%" PRId64 " stime_us=%" PRId64 " maxrss_kb=%ld start_ns=%" PRIu64 " end_ns=%" PRIu64 "\n",
+  fprintf(f, "exit=%d signal=%d utime_us=%" PRId64 " stime_us=%" PRId64 " maxrss_kb=%ld anon_kb=%ld start_ns=%" PRIu64 " end_ns=%" PRIu64 "\n",
           WIFEXITED(st) ? WEXITSTATUS(st) : -1, WIFSIGNALED(st) ? WTERMSIG(st) : 0,
           (int64_t)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec, (int64_t)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec,
-          ru.ru_maxrss, start, end);
+          ru.ru_maxrss, anon_peak, start, end);
   if (fclose(f)) {
     perror(argv[1]);
     return 127;
