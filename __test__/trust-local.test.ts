@@ -218,7 +218,8 @@ asRoot('a nobody peer cannot receive checkpoint memory', async (t) => {
   const p = await peer.first;
   t.falsy(p.error, p.error);
   t.is(p.connect, 'ok');
-  t.is(p.reply, 'eof');
+  // Closed on it unread: end of file, or a reset when its hand-over was already queued (seen in CI).
+  t.true(p.reply === 'eof' || p.reply === 'ECONNRESET', `reply: ${p.reply}`);
   t.is(p.resident, 0, 'the daemon put checkpoint pages into a nobody process');
   t.false(events.some((e) => e.type === 'attached' || e.type === 'restore-finished'), JSON.stringify(events));
   t.true(warnings(events).some((w) => w.includes(`pid ${peer.pid} (uid ${NOBODY})`)), JSON.stringify(events));
