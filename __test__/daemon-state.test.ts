@@ -127,6 +127,24 @@ test('background chunks skip in-flight and settled pages and stay inside one seg
   t.deepEqual(chunks.sort((x, y) => (x < y ? -1 : 1)), [0x12000n, 0x80000n]);
 });
 
+test('after a fault the background goes on right after it; what it skipped comes when the scan wraps', (t) => {
+  // 16 pages in one VMA, another VMA of 4 pages after it.
+  const st = ProcessState.attach(1, image([[0x10000n, 0x20000n], [0x30000n, 0x34000n]]));
+  const first = st.nextChunk(2)!;
+  t.is(first.live, 0x10000n);
+  st.pages.fly(first.firstPage, first.pages);
+  // A fault at page 9 of the first VMA (served, settled): the next chunk starts at page 10.
+  st.settleImage(0x19000n, P);
+  st.noteFault(0x19000n);
+  const order: bigint[] = [];
+  for (let ch = st.nextChunk(4); ch; ch = st.nextChunk(4)) {
+    order.push(ch.live);
+    st.pages.fly(ch.firstPage, ch.pages);
+  }
+  // Pages 10-13, 14-15, then the other VMA, then back to what was skipped (2-5, 6-8).
+  t.deepEqual(order, [0x1a000n, 0x1e000n, 0x30000n, 0x12000n, 0x16000n]);
+});
+
 test('regression: a page set copied for a fork does not share bytes with its parent', (t) => {
   const idx = new ImageIndex([{ start: 0n, end: 8n * P, location: { kind: 'remote' } }]);
   const a = new PageSet(idx);

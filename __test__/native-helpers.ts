@@ -151,3 +151,27 @@ export async function handedOverPeer(t: ExecutionContext, base: bigint, pages: n
   return { dir, peer, task, loop, events, procId };
 }
 
+
+/**
+ * What `served` reports of one process said so far: copied image bytes merged into [start, end) runs,
+ * zero pages, and the live address of the last page served.
+ */
+export function servedSoFar(events: readonly NativeEvent[], procId: number): { runs: [number, number][]; zeroPages: number; last?: bigint } {
+  const spans: [number, number][] = [];
+  let zeroPages = 0;
+  let last: bigint | undefined;
+  for (const e of events) {
+    if (e.type !== 'served' || e.procId !== procId) continue;
+    for (let i = 0; i < e.images.length; i++) spans.push([e.images[i]!, e.images[i]! + e.lens[i]!]);
+    zeroPages += e.zeroPages;
+    last = e.live;
+  }
+  spans.sort((a, b) => a[0] - b[0]);
+  const runs: [number, number][] = [];
+  for (const [a, b] of spans) {
+    const r = runs[runs.length - 1];
+    if (r && r[1] === a) r[1] = b;
+    else runs.push([a, b]);
+  }
+  return { runs, zeroPages, last };
+}

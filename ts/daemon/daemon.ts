@@ -464,7 +464,7 @@ class Daemon implements LazyPagesDaemon {
 
   private onNative(batch: NativeEvent[]): void {
     const dirty = new Set<ProcessState>();
-    const served = new Map<ProcessState, { pages: number; zero: number }>();
+    const served = new Map<ProcessState, { pages: number; zero: number; last: bigint }>();
     for (const ev of batch) {
       if (ev.type === 'source-error') {
         this.fail(new UserError('EPAGESERVER', ev.message));
@@ -482,18 +482,19 @@ class Daemon implements LazyPagesDaemon {
       }
       switch (ev.type) {
         case 'served': {
-          const pages = Number(ev.len / PAGE);
-          const s = served.get(st) ?? { pages: 0, zero: 0 };
-          if (ev.how === 'copy') {
-            st.settleImage(ev.image, ev.len);
-            st.counters.onDemandPages += pages;
-            st.counters.bytes += pages * PAGE_SIZE;
-            s.pages += pages;
-          } else {
-            st.counters.zeroPages += pages;
-            s.zero += pages;
+          const s = served.get(st) ?? { pages: 0, zero: 0, last: ev.live };
+          let bytes = 0;
+          for (let i = 0; i < ev.images.length; i++) {
+            st.settleImageAt(ev.images[i]!, ev.lens[i]!);
+            bytes += ev.lens[i]!;
           }
-          st.noteFault(ev.live);
+          const pages = bytes / PAGE_SIZE;
+          st.counters.onDemandPages += pages;
+          st.counters.bytes += bytes;
+          st.counters.zeroPages += ev.zeroPages;
+          s.pages += pages;
+          s.zero += ev.zeroPages;
+          s.last = ev.live;
           served.set(st, s);
           break;
         }
@@ -548,7 +549,10 @@ class Daemon implements LazyPagesDaemon {
       }
     }
     for (const st of dirty) if (st.status === 'serving') this.install(st);
-    for (const [st, s] of served) this.emit({ type: 'served', pid: st.pid, pages: s.pages, zeroPages: s.zero });
+    for (const [st, s] of served) {
+      if (st.status === 'serving') st.noteFault(s.last);
+      this.emit({ type: 'served', pid: st.pid, pages: s.pages, zeroPages: s.zero });
+    }
     this.pump();
   }
 

@@ -52,6 +52,35 @@ export class ImageIndex {
     }
     this.ranges = out;
     this.totalPages = next;
+    this.startsN = Float64Array.from(out, (r) => Number(r.start));
+    this.endsN = Float64Array.from(out, (r) => Number(r.end));
+  }
+
+  /** The ranges' bounds as plain numbers (user addresses are below 2^53): the fault path's facts come so. */
+  private readonly startsN: Float64Array;
+  private readonly endsN: Float64Array;
+
+  /**
+   * Calls `f(firstPage, pages)` for the lazy pages of image bytes [addr, addr+len) (plain numbers,
+   * page-aligned), range by range: O(log n) to find the first, gaps skipped whole.
+   */
+  forPagesIn(addr: number, len: number, f: (firstPage: number, pages: number) => void): void {
+    const stop = addr + len;
+    const ends = this.endsN;
+    let lo = 0;
+    let hi = ends.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (ends[mid]! > addr) hi = mid;
+      else lo = mid + 1;
+    }
+    for (let ri = lo; ri < ends.length; ri++) {
+      const s = this.startsN[ri]!;
+      if (s >= stop) break;
+      const a = addr > s ? addr : s;
+      const e = stop < ends[ri]! ? stop : ends[ri]!;
+      f(this.ranges[ri]!.firstPage + (a - s) / PAGE_SIZE, (e - a) / PAGE_SIZE);
+    }
   }
 
   /** Index of the range holding image address `addr`, or -1. O(log n). */

@@ -67,6 +67,8 @@ export class ProcessState {
   doneAt?: number;
   /** Where the background scan continues (segment index, then dense page). */
   private cursorSeg = 0;
+  /** Where in the cursor's segment the scan goes on (a dense page index; -1: from its start). */
+  private cursorPage = -1;
   inflightRequests = 0;
   /** Dense pages whose fault is being fetched from a page server (a second fault on one is ignored). */
   readonly faulting = new Set<number>();
@@ -118,6 +120,11 @@ export class ProcessState {
     return settled;
   }
 
+  /** The same for the fault path's facts, in plain numbers (see `ImageIndex.forPagesIn`). */
+  settleImageAt(image: number, len: number): void {
+    this.index.forPagesIn(image, len, (first, n) => this.pages.settle(first, n));
+  }
+
   /** Pieces cut from the live map are gone for this process: nothing is owed for them any more. */
   private forget(pieces: Piece[]): void {
     for (const p of pieces) this.settleImage(p.imageStart, p.liveEnd - p.liveStart);
@@ -136,6 +143,7 @@ export class ProcessState {
   applyRemap(from: bigint, to: bigint, len: bigint): void {
     this.forget(this.live.remap(from, to, len));
     this.cursorSeg = 0;
+    this.cursorPage = -1;
     this.noents.clear();
   }
 
@@ -143,15 +151,25 @@ export class ProcessState {
   applyDrop(start: bigint, end: bigint): void {
     this.forget(this.live.cut(start, end));
     this.cursorSeg = 0;
+    this.cursorPage = -1;
     this.noents.clear();
   }
 
-  /** A fault was served on demand: restart the background scan near it (CRIU resets its chunk too). */
+  /**
+   * A fault was served on demand: the background goes on right after it (the program's next touches
+   * are likely near; CRIU resets its chunk too). What the scan skips is taken up when it wraps.
+   */
   noteFault(live: bigint): void {
     const segs = this.live.segments;
     for (let i = 0; i < segs.length; i++) {
-      if (segs[i].liveEnd > live) {
+      const s = segs[i];
+      if (s.liveEnd > live) {
         this.cursorSeg = i;
+        this.cursorPage = -1;
+        if (live >= s.liveStart) {
+          const r = this.index.ranges[s.range];
+          this.cursorPage = r.firstPage + Number((s.imageStart - r.start + (live - s.liveStart)) / PAGE) + 1;
+        }
         return;
       }
     }
@@ -205,15 +223,31 @@ export class ProcessState {
   private nextRun(maxPages: number, overSettled: boolean): BackgroundChunk | undefined {
     const segs = this.live.segments;
     const n = segs.length;
-    for (let k = 0; k < n; k++) {
+    // From the cursor to the end of its segment, the other segments in order, then the start of the
+    // cursor's segment up to the cursor (k === n).
+    for (let k = 0; k <= n && n > 0; k++) {
       const si = (this.cursorSeg + k) % n;
       const s = segs[si];
       const r = this.index.ranges[s.range];
       const first = r.firstPage + Number((s.imageStart - r.start) / PAGE);
       const count = Number((s.liveEnd - s.liveStart) / PAGE);
-      const run = this.pages.nextRun(first, first + count, maxPages, overSettled);
+      let from = first;
+      let to = first + count;
+      const inside = this.cursorPage > first && this.cursorPage < to;
+      if (k === 0 && inside) from = this.cursorPage;
+      else if (k === n) {
+        if (!inside) break;
+        to = this.cursorPage;
+      }
+      const run = this.pages.nextRun(from, to, maxPages, overSettled);
       if (!run) continue;
       this.cursorSeg = si;
+      this.cursorPage = run[0] + run[1];
+      if (this.cursorPage >= first + count) {
+        // The segment's end: on to the next one (this one's start is scanned when the cursor gets back).
+        this.cursorSeg = (si + 1) % n;
+        this.cursorPage = -1;
+      }
       const off = BigInt(run[0] - first) * PAGE;
       return { firstPage: run[0], pages: run[1], live: s.liveStart + off, image: s.imageStart + off, range: s.range };
     }

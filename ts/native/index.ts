@@ -246,15 +246,18 @@ export class HandoverListener {
   }
 }
 
-/** How a page was served by the fast path. */
-export type ServedHow = 'copy' | 'zero';
 /** Completion status of a `copy`/`copyBuffer`/`zero` request. */
 export type DoneStatus = 'ok' | 'again' | 'exists' | 'noent' | 'gone' | 'stale' | 'error';
 
 /** Everything the event loop reports (delivered in batches). */
 export type NativeEvent =
-  /** Pages the fast path served (contiguous pages are merged): `image` is the image address of `live`. */
-  | { type: 'served'; procId: number; live: bigint; image: bigint; len: bigint; how: ServedHow }
+  /**
+   * Pages the fast path served to one process since its previous report, in order: copied runs as
+   * `images[i]` (image address) and `lens[i]` (bytes), contiguous pages merged; `zeroPages` holes
+   * served with zeros; `live` is the live address of the last page. Typed arrays of plain numbers
+   * (addresses are below 2^53): a storm of faults costs JS one event, not an object per fault.
+   */
+  | { type: 'served'; procId: number; live: bigint; images: Float64Array; lens: Float64Array; zeroPages: number }
   /** A fault in a `remote` range: TS must resolve it (e.g. `copyBuffer(..., urgent=true)`). */
   | { type: 'pagefault'; procId: number; address: bigint; flags: number; gen: number }
   /** The process forked; the child is already served as a PAUSED process `childProcId` (install a table). */
@@ -289,8 +292,8 @@ export function parseNativeEvent(r: Raw.RawLoopEvent): NativeEvent {
   const p = r.procId;
   switch (r.type) {
     case 'served':
-      if (num(p) && big(r.live) && big(r.image) && big(r.len) && (r.how === 'copy' || r.how === 'zero'))
-        return { type: 'served', procId: p, live: r.live, image: r.image, len: r.len, how: r.how };
+      if (num(p) && big(r.live) && r.images instanceof Float64Array && r.lens instanceof Float64Array && r.images.length === r.lens.length && num(r.zeroPages))
+        return { type: 'served', procId: p, live: r.live, images: r.images, lens: r.lens, zeroPages: r.zeroPages };
       break;
     case 'pagefault':
       if (num(p) && big(r.address) && big(r.flags) && num(r.gen))
@@ -518,9 +521,14 @@ export class EventLoop {
   sourceStats(): SourceStats {
     return call(() => this.raw.sourceStats());
   }
-  /** Size of one piece of a long copy (rounded down to pages, at least one page; default 1 MiB). */
-  setPieceBytes(bytes: number): void {
-    call(() => this.raw.setPieceBytes(bytes));
+  /**
+   * Size of one piece of a long copy while the processes fault, and once none has for 2 ms (rounded
+   * down to pages, at least one page; defaults 1 MiB and 512 KiB; the quiet size is never below the
+   * other). A fault waits for the piece being copied: small pieces while faults come, bigger ones
+   * (fewer calls per byte) when they stop.
+   */
+  setPieceBytes(bytes: number, quietBytes?: number): void {
+    call(() => this.raw.setPieceBytes(bytes, quietBytes));
   }
   /**
    * Stops the thread, closes every fd, releases the callback so Node can exit. Idempotent.

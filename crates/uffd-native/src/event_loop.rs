@@ -76,7 +76,11 @@ impl Status {
 /// Reports to TS.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Out {
-  Served { proc_id: u32, live: u64, image: u64, len: u64, how: How },
+  /// Pages the fast path served to one process, in order, since the last report of another kind:
+  /// copied runs as (image address, bytes) pairs (contiguous pages merged), zero pages counted, and
+  /// the live address of the last one. One report for a storm of faults, not one per fault: TS takes
+  /// them as two typed arrays (the per-fault objects and BigInts cost JS ~4 µs a fault).
+  Served { proc_id: u32, images: Vec<f64>, lens: Vec<f64>, zero_pages: u64, last_live: u64, next_live: u64 },
   PageFault { proc_id: u32, address: u64, flags: u64, gen: u32 },
   Fork { proc_id: u32, child_proc_id: u32 },
   Remap { proc_id: u32, from: u64, to: u64, len: u64 },
@@ -185,7 +189,8 @@ pub enum Cmd {
   /// Watch `pid` (a forked child found by TS) for exit, as `AddProcess` does for handed-over tasks.
   Watch { proc_id: u32, pid: i32 },
   Remove(u32),
-  PieceBytes(u64),
+  /// Piece size while faults come, and while none do.
+  PieceBytes(u64, u64),
   /// Use this page server for remote table entries and `Fetch` (replaces a previous one).
   Connect(Box<PageClient>),
   Fetch(Fetch),
@@ -357,6 +362,10 @@ const REPORT_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
 /// ... or how many of them.
 const REPORT_BATCH: usize = 1024;
 
+/// Background pieces while no fault has come for QUIET_AFTER (see `Loop::piece_now`).
+pub const QUIET_PIECE: u64 = 512 << 10;
+const QUIET_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// How long the loop polls for an outstanding fault reply before it sleeps in epoll_wait.
 const URGENT_SPIN: std::time::Duration = std::time::Duration::from_micros(80);
 
@@ -368,6 +377,9 @@ struct Loop {
   urgent: VecDeque<Job>,
   background: VecDeque<Job>,
   piece: u64,
+  /// When the last fault was read (pieces grow while none comes: see `piece_now`).
+  last_fault: Option<Instant>,
+  quiet_piece: u64,
   out: Vec<Out>,
   /// The native page-server client (None: remote faults go to TS).
   client: Option<Box<PageClient>>,
@@ -388,6 +400,8 @@ impl Loop {
       urgent: VecDeque::new(),
       background: VecDeque::new(),
       piece: DEFAULT_PIECE,
+      last_fault: None,
+      quiet_piece: DEFAULT_PIECE.max(QUIET_PIECE),
       out: Vec::with_capacity(256),
       client: None,
       fetch_window: crate::pageclient::DEFAULT_WINDOW,
@@ -585,7 +599,10 @@ impl Loop {
         }
         self.shared.counters.lock().unwrap_or_else(|p| p.into_inner()).remove(&proc_id);
       }
-      Cmd::PieceBytes(b) => self.piece = b.max(PAGE) / PAGE * PAGE,
+      Cmd::PieceBytes(b, quiet) => {
+        self.piece = b.max(PAGE) / PAGE * PAGE;
+        self.quiet_piece = quiet.max(self.piece) / PAGE * PAGE;
+      }
       Cmd::Connect(c) => self.connect(c),
       Cmd::Fetch(f) => self.fetch(f),
       Cmd::FetchWindow(b) => {
@@ -668,6 +685,7 @@ impl Loop {
         let m = &buf[i * MSG_SIZE..(i + 1) * MSG_SIZE];
         match msg::decode(m) {
           Ok(Event::PageFault { flags, address, .. }) => {
+            self.last_fault = Some(Instant::now());
             let addr = address & !(PAGE - 1);
             let p = self.procs.get_mut(&proc_id).expect("proc present");
             p.counters.faults.fetch_add(1, Ordering::Relaxed);
@@ -942,15 +960,28 @@ impl Loop {
     self.fault_result(req.proc_id, req.live, req.image, How::Copy, res);
   }
 
-  /// Appends a served page, merging with the previous report when contiguous.
+  /// Appends a served page to the process's current report (see `Out::Served`), merging a copied
+  /// page with the previous run when both its live and image addresses follow on.
   fn record_served(&mut self, proc_id: u32, live: u64, image: u64, how: How) {
-    if let Some(Out::Served { proc_id: pp, live: pl, image: pi, len, how: ph }) = self.out.last_mut() {
-      if *pp == proc_id && *ph == how && *pl + *len == live && *pi + *len == image {
-        *len += PAGE;
-        return;
+    let fresh = !matches!(self.out.last(), Some(Out::Served { proc_id: pp, .. }) if *pp == proc_id);
+    if fresh {
+      self.out.push(Out::Served { proc_id, images: Vec::new(), lens: Vec::new(), zero_pages: 0, last_live: live, next_live: 0 });
+    }
+    let Some(Out::Served { images, lens, zero_pages, last_live, next_live, .. }) = self.out.last_mut() else { unreachable!() };
+    match how {
+      How::Zero => *zero_pages += 1,
+      How::Copy => {
+        let n = images.len();
+        if n > 0 && *next_live == live && images[n - 1] + lens[n - 1] == image as f64 {
+          lens[n - 1] += PAGE as f64;
+        } else {
+          images.push(image as f64);
+          lens.push(PAGE as f64);
+        }
+        *next_live = live + PAGE;
       }
     }
-    self.out.push(Out::Served { proc_id, live, image, len: PAGE, how });
+    *last_live = live;
   }
 
   /// Runs one piece (≤ piece bytes) of the first request, urgent ones first.
@@ -981,6 +1012,18 @@ impl Loop {
     }
   }
 
+  /// The size of the next background piece: the set one while faults come, the quiet one (QUIET_PIECE
+  /// unless set) when none has for QUIET_AFTER.
+  ///
+  /// Why: a fault waits for the piece being copied (one thread does both), so pieces are small while a
+  /// program faults; once it stops, bigger pieces cost fewer calls per byte (and less CPU) for the rest.
+  fn piece_now(&self) -> u64 {
+    match self.last_fault {
+      Some(t) if t.elapsed() < QUIET_AFTER => self.piece,
+      _ => self.quiet_piece,
+    }
+  }
+
   /// Advances a job by one piece; returns its completion when finished.
   ///
   /// EEXIST: a page already present is skipped and the copy continues page by page; `bytes` counts only the
@@ -1001,7 +1044,7 @@ impl Loop {
     if !job.next_stretch() {
       return done(job, if job.copied == 0 && job.len > 0 { Status::Exists } else { Status::Ok }, None);
     }
-    let chunk = (job.end - job.done).min(self.piece);
+    let chunk = (job.end - job.done).min(self.piece_now());
     let dst = job.dst + job.done;
     let res = match &job.src {
       Source::Zero => p.uffd.zeropage(dst, chunk, 0),
@@ -1010,7 +1053,7 @@ impl Loop {
           img.populate(off + job.done, chunk);
           // SAFETY: the range was bounds-checked by ptr_at and the Arc keeps the mapping alive.
           let r = unsafe { p.uffd.copy(dst, src, chunk, 0) };
-          img.piece_copied();
+          img.piece_copied(chunk);
           r
         }
         Err(e) => {

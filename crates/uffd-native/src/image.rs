@@ -55,7 +55,7 @@ pub struct Mapping {
   len: u64,
   /// The open file, for `read_at` (None for an empty image).
   file: Option<File>,
-  /// Pieces copied since the page tables were last dropped (see `piece_copied`).
+  /// Bytes copied since the page tables were last dropped (see `piece_copied`).
   pieces: AtomicU32,
 }
 
@@ -93,9 +93,9 @@ pub fn open(path: &Path) -> Result<PageImage, ImageError> {
   Ok(Arc::new(Mapping { path: path.to_path_buf(), ptr: ptr as *const u8, len, file: Some(file), pieces: AtomicU32::new(0) }))
 }
 
-/// Pieces copied between two drops of an image's page tables (at 64 KiB pieces and up to a 2 MiB folio
-/// mapped around each, at most 64 MiB of the image is mapped at once).
-const RELEASE_EVERY: u32 = 32;
+/// Bytes copied between two drops of an image's page tables (with up to a 2 MiB folio mapped around
+/// each 64 KiB piece, at most 64 MiB of the image is mapped at once).
+const RELEASE_EVERY: u32 = 2 << 20;
 
 /// MADV_POPULATE_READ (Linux 5.14): fill in page tables from the page cache, reading the file as needed.
 const MADV_POPULATE_READ: libc::c_int = 22;
@@ -140,15 +140,16 @@ impl Mapping {
     self.advise(offset, len, MADV_POPULATE_READ);
   }
 
-  /// Counts a piece copied out of the mapping; every RELEASE_EVERY pieces drops all of the mapping's
+  /// Counts a piece copied out of the mapping; every RELEASE_EVERY bytes drops all of the mapping's
   /// page-table entries, so the daemon's RSS stays bounded by what is being copied now, not by what was
   /// copied (the data stays in the page cache; the next piece maps its range again).
   ///
   /// Why not release each piece's own range: the kernel maps more than the populated range (fault-around,
   /// whole large folios of the page cache), so releasing exactly the piece left the rest mapped: a 512 MiB
   /// restore held ~100 MiB of the image. One DONTNEED over the whole file now and then catches it all.
-  pub fn piece_copied(&self) {
-    if self.pieces.fetch_add(1, Ordering::Relaxed) + 1 >= RELEASE_EVERY {
+  pub fn piece_copied(&self, len: u64) {
+    let len = len.min(RELEASE_EVERY as u64) as u32;
+    if self.pieces.fetch_add(len, Ordering::Relaxed) + len >= RELEASE_EVERY {
       self.pieces.store(0, Ordering::Relaxed);
       self.advise(0, self.len, libc::MADV_DONTNEED);
     }

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{BigInt, BigUint64Array, Buffer, Function};
+use napi::bindgen_prelude::{BigInt, BigUint64Array, Buffer, Float64Array, Function};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
 use napi_derive::napi;
@@ -13,7 +13,7 @@ use crate::errors::{big_u64, to_napi, ArgError, NapiErr};
 
 /// Spelled `Result` so napi-derive recognises fallible exports; errors carry a string code.
 type Result<T> = std::result::Result<T, NapiErr>;
-use crate::event_loop::{self, Cmd, Counters, How, Job, LoopHandle, Out, Source};
+use crate::event_loop::{self, Cmd, Counters, Job, LoopHandle, Out, Source};
 use crate::handover::{self, HandoverError, Report, Step};
 use crate::image;
 use crate::pageclient::{Fetch, PageClient};
@@ -324,6 +324,9 @@ pub struct RawLoopEvent {
   pub end: Option<BigInt>,
   pub live: Option<BigInt>,
   pub image: Option<BigInt>,
+  pub images: Option<Float64Array>,
+  pub lens: Option<Float64Array>,
+  pub zero_pages: Option<f64>,
   pub how: Option<String>,
   pub status: Option<String>,
   pub bytes: Option<f64>,
@@ -349,6 +352,9 @@ fn loop_event(o: Out) -> RawLoopEvent {
     end: None,
     live: None,
     image: None,
+    images: None,
+    lens: None,
+    zero_pages: None,
     how: None,
     status: None,
     bytes: None,
@@ -357,11 +363,11 @@ fn loop_event(o: Out) -> RawLoopEvent {
     message: None,
   };
   match o {
-    Out::Served { proc_id, live, image, len, how } => RawLoopEvent {
-      live: b(live),
-      image: b(image),
-      len: b(len),
-      how: Some(if how == How::Copy { "copy" } else { "zero" }.into()),
+    Out::Served { proc_id, images, lens, zero_pages, last_live, .. } => RawLoopEvent {
+      live: b(last_live),
+      images: Some(Float64Array::new(images)),
+      lens: Some(Float64Array::new(lens)),
+      zero_pages: Some(zero_pages as f64),
       ..ev("served", Some(proc_id))
     },
     Out::PageFault { proc_id, address, flags, gen } => {
@@ -746,11 +752,16 @@ impl EventLoop {
     })
   }
 
-  /// Size of one piece of a long copy (rounded to pages; default 1 MiB).
+  /// Size of one piece of a long copy while faults come, and once none has for a while (rounded to
+  /// pages; defaults 1 MiB and 512 KiB; the quiet size is never below the other).
   #[napi]
-  pub fn set_piece_bytes(&self, bytes: f64) -> Result<()> {
+  pub fn set_piece_bytes(&self, bytes: f64, quiet_bytes: Option<f64>) -> Result<()> {
     self.live()?;
-    self.handle.shared.send(Cmd::PieceBytes(num_u64(bytes, "bytes")?));
+    let quiet = match quiet_bytes {
+      Some(q) => num_u64(q, "quietBytes")?,
+      None => crate::event_loop::QUIET_PIECE,
+    };
+    self.handle.shared.send(Cmd::PieceBytes(num_u64(bytes, "bytes")?, quiet));
     Ok(())
   }
 
