@@ -1,7 +1,7 @@
 /**
  * The package's root directory: the nearest directory above this module whose package.json is
  * lazy-pages'. Found by walking up rather than by a fixed `../..`, so the same answer holds for the
- * TypeScript sources (tests), the compiled dist/ tree and the bundled CLI (dist/cli.bundle.mjs).
+ * TypeScript sources (tests), the compiled dist/ tree and the bundled CLI (dist/cli.bundle.cjs).
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';

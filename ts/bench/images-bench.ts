@@ -53,6 +53,8 @@ export async function benchImages(opts: { entries?: number; lookups?: number; ru
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  const r = await benchImages();
-  console.log(`page index: ${r.entries} entries built in ${r.buildMs.toFixed(1)} ms; lookup ${r.nsPerLookup.toFixed(0)} ns (median of ${r.runs} runs of ${r.lookups})`);
+  // No top-level await: this module is also part of the CommonJS CLI bundle (scripts/bundle-cli.mjs).
+  void benchImages().then((r) => {
+    console.log(`page index: ${r.entries} entries built in ${r.buildMs.toFixed(1)} ms; lookup ${r.nsPerLookup.toFixed(0)} ns (median of ${r.runs} runs of ${r.lookups})`);
+  });
 }
