@@ -51,8 +51,17 @@ export function startCliDaemon(
   let err = '';
   child.stderr?.on('data', (b: Buffer) => (err += b.toString()));
   child.stderr?.on('error', () => undefined);
+  // Resolved once it exited AND its stderr has been read to the end (or 2 s later: a guardian it left
+  // may hold the pipe a while): 'exit' can come before the last bytes of stderr (seen in CI).
+  const stderrEnded = new Promise<void>((r) => {
+    if (!child.stderr) return r();
+    child.stderr.once('end', () => r());
+    child.stderr.once('close', () => r());
+  });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
-    child.once('exit', (code, signal) => r({ code, signal })),
+    child.once('exit', (code, signal) => {
+      void Promise.race([stderrEnded, new Promise((res) => setTimeout(res, 2000))]).then(() => r({ code, signal }));
+    }),
   );
   const ready = new Promise<void>((res, rej) => {
     (child.stdio[3] as NodeJS.ReadableStream).once('data', () => res());

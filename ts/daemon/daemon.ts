@@ -784,6 +784,18 @@ class Daemon implements LazyPagesDaemon {
   private processDone(st: ProcessState, outcome: 'done' | 'exited'): void {
     st.status = 'done';
     this.killPid.delete(st.procId);
+    // A process that exits as soon as it has read everything leaves background copies whose
+    // completions come after its end (and are not counted then): take what the native core copied
+    // for it, which is exact, for the pages not served on demand.
+    let copied: number | undefined;
+    try {
+      copied = this.loop.stats(st.procId).copyPages;
+    } catch {
+      /* the loop no longer knows it (closed): keep what the completions said */
+    }
+    const c = st.counters;
+    if (copied !== undefined) c.backgroundPages = Math.max(c.backgroundPages, copied - c.onDemandPages);
+    c.bytes = Math.max(c.bytes, (c.onDemandPages + c.backgroundPages) * PAGE_SIZE);
     // Nothing is owed any more: closing the uffd now is safe (holes and growth read zeros from the kernel).
     this.loop.removeProcess(st.procId);
     this.emit({ type: 'process-done', report: this.report(st, outcome) });

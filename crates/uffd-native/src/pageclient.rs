@@ -29,8 +29,13 @@ use crate::table::PAGE;
 pub const MIN_WINDOW: u64 = 128 << 10;
 /// Default largest background window (bytes in flight when nothing faults).
 pub const DEFAULT_WINDOW: u64 = 4 << 20;
-/// Largest background GET (a fetch from TS is cut into GETs of at most this).
+/// Background GET size right after a fault (a fetch from TS is cut into GETs).
 pub const DEFAULT_PIECE: u64 = 64 << 10;
+/// Largest background GET, once the window has grown (no fault for a while): GETs a quarter of the
+/// window, so that several are still in flight. Why: a page server answers GET by GET (CRIU's splices
+/// each reply from its page pipe), so few large GETs move more per second than many small ones; a
+/// fault cuts what is not sent yet back to DEFAULT_PIECE pieces, so its reply never queues behind one.
+pub const MAX_PIECE: u64 = 1 << 20;
 
 /// Counters of the page source, readable from JS without touching the loop thread.
 #[derive(Debug, Default)]
@@ -367,7 +372,8 @@ impl PageClient {
   }
 
   /// Largest background window: bytes requested but not yet received while nothing faults (a fault shrinks
-  /// the window to MIN_WINDOW, or to this if smaller). GETs are pieces of at most DEFAULT_PIECE.
+  /// the window to MIN_WINDOW, or to this if smaller). GETs are pieces of DEFAULT_PIECE after a fault,
+  /// growing with the window up to MAX_PIECE.
   pub fn set_window(&mut self, bytes: u64) {
     self.max_window = bytes.max(PAGE);
     self.window = self.max_window.min(MIN_WINDOW);
@@ -404,7 +410,30 @@ impl PageClient {
     self.push(Sent::Fault(r), stats)?;
     self.faults_sent += 1;
     self.window = self.max_window.min(MIN_WINDOW);
+    self.recut();
     Ok(true)
+  }
+
+  /// GET size for the next fetch cut into pieces (see MAX_PIECE).
+  fn piece_pages_now(&self) -> u64 {
+    (self.window / 4 / PAGE).clamp(self.piece_pages, (MAX_PIECE / PAGE).max(self.piece_pages))
+  }
+
+  /// Cuts the pieces not sent yet back to the small size (a fault came: the window is small again).
+  fn recut(&mut self) {
+    if self.pieces.iter().all(|p| p.pages <= self.piece_pages) {
+      return;
+    }
+    let small = self.piece_pages;
+    let old = std::mem::take(&mut self.pieces);
+    for p in old {
+      let mut k = 0;
+      while k < p.pages {
+        let pages = small.min(p.pages - k);
+        self.pieces.push_back(Piece { fetch: p.fetch, pid: p.pid, vaddr: p.vaddr + k * PAGE, pages, page0: p.page0 + k });
+        k += pages;
+      }
+    }
   }
 
   /// Queues a background fetch and sends what the window allows.
@@ -422,8 +451,9 @@ impl PageClient {
         let id = self.next_fetch;
         self.next_fetch += 1;
         let mut page0 = 0;
+        let per = self.piece_pages_now();
         while page0 < f.pages {
-          let pages = self.piece_pages.min(f.pages - page0);
+          let pages = per.min(f.pages - page0);
           self.pieces.push_back(Piece { fetch: id, pid: f.pid, vaddr: f.image + page0 * PAGE, pages, page0 });
           page0 += pages;
         }
