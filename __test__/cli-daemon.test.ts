@@ -19,6 +19,9 @@ test('a wrong option is one line naming it, exit code 1', (t) => {
     [['daemon', '-D', '/tmp', '--page-server'], /--port: is required with --page-server/],
     [['daemon', '-D', '/tmp', '--bogus'], /Unknown argument: bogus/],
     [['daemon', '-D', '/tmp', '-v9'], /--verbosity/],
+    [['daemon', '-D', '/tmp', '-v', '9'], /--verbosity/],
+    [['daemonn', '-D', '/tmp'], /^lazy-pages: unknown command "daemonn" \(did you mean daemon\?\): see --help$/m],
+    [['zzzzzz'], /^lazy-pages: unknown command "zzzzzz": see --help$/m],
   ] as const) {
     const r = cli([...args]);
     t.is(r.status, 1, `${args.join(' ')}: ${r.stderr}`);
@@ -26,6 +29,34 @@ test('a wrong option is one line naming it, exit code 1', (t) => {
     t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
     t.notRegex(r.stderr, /at .*\.js:\d+/);
   }
+});
+
+test('regression: -v N is the level N (as the README says), not a stray argument; --version prints the version', (t) => {
+  const pkg = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { version: string };
+  const v = cli(['--version']);
+  t.is(v.status, 0, v.stderr);
+  t.is(v.stdout.trim(), pkg.version);
+  // -v 4 reaches the option check of the images dir (the level was taken), where "4" once was "Unknown argument: 4".
+  const r = cli(['daemon', '-v', '4', '-D', '/nonexistent-dir']);
+  t.is(r.status, 1);
+  t.regex(r.stderr, /images dir \/nonexistent-dir does not exist/);
+});
+
+test('-o with a relative name logs in the work dir, as CRIU does', async (t) => {
+  const ck = await synth(t, { size: 1 << 20, vmas: 1 });
+  const wd = tempDir(t);
+  const d = spawn(process.execPath, [bin, 'daemon', '-D', ck.dir, '-W', wd, '--status-fd', '3', '-o', 'rel.log', '-v3'], {
+    stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+    cwd: tempDir(t),
+  });
+  t.teardown(() => d.exitCode === null && d.signalCode === null && d.kill('SIGKILL'));
+  await new Promise<void>((res, rej) => {
+    (d.stdio[3] as NodeJS.ReadableStream).once('data', () => res());
+    d.once('exit', (c) => rej(new Error(`daemon exited ${c}`)));
+  });
+  d.kill('SIGTERM');
+  await new Promise((res) => d.once('exit', res));
+  t.regex(readFileSync(join(wd, 'rel.log'), 'utf8'), /listening on/);
 });
 
 test('--help documents the CRIU options', (t) => {

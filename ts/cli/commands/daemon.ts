@@ -53,7 +53,7 @@ function builder(y: Argv) {
     .option('daemon', { alias: 'd', type: 'boolean', describe: 'detach once the socket listens' })
     .option('pidfile', { type: 'string', describe: 'write the daemon pid here once it listens' })
     .option('status-fd', { type: 'number', describe: 'write one byte to this fd when ready for the restorer (as CRIU)' })
-    .option('log-file', { alias: 'o', type: 'string', describe: 'append log lines to this file instead of stderr' })
+    .option('log-file', { alias: 'o', type: 'string', describe: 'append log lines to this file instead of stderr (a relative path is in the work dir, as in CRIU)' })
     .option('verbosity', { alias: 'v', type: 'number', describe: 'log level 0-4 (-v4 or -vvvv as in CRIU)', default: 2 })
     .option('background', { type: 'boolean', describe: 'transfer untouched pages after "restore finished"', default: true })
     .option('chunk', { type: 'number', describe: 'largest background request in bytes (default 4 MiB)' })
@@ -78,7 +78,7 @@ const STOP_SIGNALS = ['SIGTERM', 'SIGINT', 'SIGQUIT'] as const;
 async function runDaemon(o: DaemonCliOptions, rawArgs: string[]): Promise<void> {
   if (o.daemon) return detach(o, rawArgs);
 
-  const sink = o.logFile ? LogSink.file(resolve(o.logFile), `-o ${o.logFile}`) : LogSink.stderr();
+  const sink = o.logFile ? LogSink.file(logPath(o), `-o ${o.logFile}`) : LogSink.stderr();
   const reporter = new Reporter({ verbosity: o.verbosity, write: (s) => sink.write(s), tty: !sink.file && isatty(2) });
   const say = (level: number, text: string) => o.verbosity >= level && sink.write(`lazy-pages: ${text}\n`);
 
@@ -209,7 +209,7 @@ function signalReady(fd: number): void {
  * must not hang): it logs to --log-file, by default `lazy-pages.log` in the work dir, as CRIU does.
  */
 async function detach(o: DaemonCliOptions, rawArgs: string[]): Promise<void> {
-  const logFile = resolve(o.logFile ?? join(o.workDir ?? o.imagesDir, 'lazy-pages.log'));
+  const logFile = logPath(o);
   // Open (and create) the log here as the child will, without following a symlink: if it cannot be
   // used, say so now, on the terminal, rather than from a child whose stderr goes nowhere.
   closeSync(openLogFile(logFile, o.logFile === undefined ? `the default log file ${logFile} (-d without -o)` : `-o ${o.logFile}`));
@@ -232,4 +232,12 @@ async function detach(o: DaemonCliOptions, rawArgs: string[]): Promise<void> {
   process.stdout.write(`${child.pid}\n`);
   child.unref();
   (child.stdio[3] as unknown as { destroy(): void }).destroy();
+}
+
+/**
+ * Where `-o` logs: a relative name is taken in the work dir (-W, else the images dir), as CRIU does;
+ * with -d and no -o, `lazy-pages.log` there.
+ */
+function logPath(o: { logFile?: string; workDir?: string; imagesDir: string }): string {
+  return resolve(o.workDir ?? o.imagesDir, o.logFile ?? 'lazy-pages.log');
 }
