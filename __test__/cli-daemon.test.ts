@@ -59,6 +59,15 @@ test('-o with a relative name logs in the work dir, as CRIU does', async (t) => 
   t.regex(readFileSync(join(wd, 'rel.log'), 'utf8'), /listening on/);
 });
 
+test('regression: --help wraps at words (the bundled help cut "criu lazy-pag es" in two)', (t) => {
+  const r = cli(['--help']);
+  t.is(r.status, 0, r.stderr);
+  // Undo the wrapping (a line break and the indent that follows): every description reads whole.
+  const flat = r.stdout.replace(/\n\s+/g, ' ');
+  t.true(flat.includes('serve a restore lazily: the drop-in for `criu lazy-pages`'), r.stdout);
+  t.true(flat.includes('serve the lazy pages of a checkpoint to remote lazy-pages daemons'), r.stdout);
+});
+
 test('--help documents the CRIU options', (t) => {
   const r = cli(['daemon', '--help']);
   t.is(r.status, 0);

@@ -22,6 +22,9 @@ await build({
   // import.meta.url of the bundled ES modules: the bundle's own URL.
   banner: { js: "var __lazyPagesMetaUrl = require('node:url').pathToFileURL(__filename).href;" },
   define: { 'import.meta.url': '__lazyPagesMetaUrl' },
+  // yargs' CommonJS build: its help wraps at words (wrap-ansi), where the ES module build's own wrap
+  // cut words in two ("criu lazy-pag es").
+  alias: { yargs: './node_modules/yargs/index.cjs' },
 });
 // The ES module bundle of earlier builds is no longer used.
 rmSync('dist/cli.bundle.mjs', { force: true });
