@@ -24,6 +24,20 @@ export function nativeVersion(): string {
  * `EPAGESERVER` (cannot connect to a page server; the message names address:port), `EGUARDIAN` (the
  * guardian process cannot be started).
  */
+/** What userfaultfd offers this process: its UFFD_FEATURE_* bits, or the errno that refused it. */
+export interface UffdProbe {
+  features?: bigint;
+  errno?: number;
+  /** The features a lazy-pages uffd needs. */
+  required: bigint;
+}
+
+/** Makes a userfaultfd (closed at once) and asks the kernel what it offers (see `lazy-pages check`). */
+export function uffdProbe(): UffdProbe {
+  const r = binding.uffdProbe();
+  return { ...(r.features !== undefined && r.features !== null ? { features: r.features } : {}), ...(typeof r.errno === 'number' ? { errno: r.errno } : {}), required: r.required };
+}
+
 export class NativeError extends UserError {
   override name = 'NativeError';
 }

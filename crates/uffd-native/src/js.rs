@@ -29,6 +29,27 @@ pub fn guardian_start() -> Result<u32> {
   crate::guardian::acquire().map_err(to_napi)
 }
 
+/// What userfaultfd offers this process (for `lazy-pages check`).
+#[napi(object, object_from_js = false)]
+pub struct UffdProbe {
+  /// The UFFD_FEATURE_* bits the kernel offers, when a userfaultfd could be made.
+  pub features: Option<BigInt>,
+  /// Else the errno of userfaultfd(2) or UFFDIO_API (EPERM: not allowed to this user).
+  pub errno: Option<i32>,
+  /// The features a lazy-pages uffd needs (EVENT_FORK | EVENT_REMAP | EVENT_REMOVE | EVENT_UNMAP).
+  pub required: BigInt,
+}
+
+/// Makes a userfaultfd (closed at once) and asks the kernel what it offers.
+#[napi]
+pub fn uffd_probe() -> UffdProbe {
+  let required = BigInt::from(uffd::REQUIRED_FEATURES);
+  match uffd::probe() {
+    Ok(f) => UffdProbe { features: Some(BigInt::from(f)), errno: None, required },
+    Err(e) => UffdProbe { features: None, errno: Some(e), required },
+  }
+}
+
 /// One user of the guardian `pid` (what `guardianStart` returned) is done; the last one stops it
 /// (it kills whatever is still owed first).
 #[napi]

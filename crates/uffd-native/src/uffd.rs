@@ -346,17 +346,26 @@ pub fn fd_kind(fd: RawFd) -> Option<String> {
 
 /// Features the kernel supports, learned on a throw-away fd (API with features = 0).
 fn probe_features() -> Option<u64> {
+  probe().ok()
+}
+
+/// What this process may do with userfaultfd: the features the kernel offers it (UFFDIO_API asked for
+/// none), or the errno of `userfaultfd(2)` / `UFFDIO_API` (EPERM: not allowed to this user).
+pub fn probe() -> Result<u64, i32> {
   // SAFETY: plain syscall; the result is checked.
   let raw = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) } as RawFd;
   if raw < 0 {
-    return None;
+    return Err(last_errno());
   }
   // SAFETY: fresh fd owned by nobody else; closed when `fd` drops.
   let fd = unsafe { OwnedFd::from_raw_fd(raw) };
   let mut api = UffdioApi { api: UFFD_API, features: 0, ioctls: 0 };
   // SAFETY: `api` is a valid `struct uffdio_api` for the call.
   let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api as *mut UffdioApi) };
-  (r == 0).then_some(api.features)
+  if r != 0 {
+    return Err(last_errno());
+  }
+  Ok(api.features)
 }
 
 #[cfg(test)]
