@@ -68,6 +68,41 @@ test('regression: --help wraps at words (the bundled help cut "criu lazy-pag es"
   t.true(flat.includes('serve the lazy pages of a checkpoint to remote lazy-pages daemons'), r.stdout);
 });
 
+test('--events writes every event as a JSON line, ending with "done" and its summary', async (t) => {
+  const ck = await synth(t, { size: 2 << 20, vmas: 2, procs: 2 });
+  const wd = tempDir(t);
+  const d = spawn(process.execPath, [bin, 'daemon', '-D', ck.dir, '-W', wd, '--status-fd', '3', '--events', 'events.ndjson'], {
+    stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+  });
+  t.teardown(() => d.exitCode === null && d.signalCode === null && d.kill('SIGKILL'));
+  const exited = new Promise<number | null>((r) => d.once('exit', r));
+  await new Promise<void>((res, rej) => {
+    (d.stdio[3] as NodeJS.ReadableStream).once('data', () => res());
+    void exited.then((c) => rej(new Error(`daemon exited ${c} before it was ready`)));
+  });
+  const sim = startSimulator(layoutFor(ck, wd), ['--workload', 'touch-random', '--count', '20', '--then-verify-all', '--timeout', '60']);
+  t.teardown(() => sim.kill());
+  const [res, code] = await Promise.all([sim.result, exited]);
+  t.is(res.code, 0, res.stderr);
+  t.is(code, 0);
+  const lines = readFileSync(join(wd, 'events.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { type: string; time: string; [k: string]: unknown });
+  t.true(lines.every((l) => typeof l.time === 'string' && !Number.isNaN(Date.parse(l.time))));
+  const types = lines.map((l) => l.type);
+  t.is(types[0], 'listening');
+  t.is(types.filter((x) => x === 'attached').length, 2);
+  t.true(types.includes('restore-finished'));
+  t.is(types.filter((x) => x === 'process-done').length, 2);
+  const last = lines[lines.length - 1]!;
+  t.is(last.type, 'done');
+  const summary = last.summary as { processes: { pid: number; outcome: string }[]; elapsedMs: number };
+  t.deepEqual(summary.processes.map((p) => p.pid).sort(), ck.processes.map((p) => p.pid).sort());
+  t.true(summary.processes.every((p) => p.outcome === 'done' || p.outcome === 'exited'));
+  // An fd that is not open is refused up front, naming the option.
+  const bad = cli(['daemon', '-D', ck.dir, '-W', wd, '--events', '97']);
+  t.is(bad.status, 1);
+  t.regex(bad.stderr, /^lazy-pages: --events 97: fd 97 is not open$/m);
+});
+
 test('--help documents the CRIU options', (t) => {
   const r = cli(['daemon', '--help']);
   t.is(r.status, 0);

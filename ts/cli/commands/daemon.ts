@@ -12,6 +12,7 @@ import { z } from 'zod';
 
 import { startLazyPagesDaemon, type LazyPagesDaemon } from '../../daemon/daemon.js';
 import { UserError } from '../../errors.js';
+import { EventStream } from '../event-stream.js';
 import { LogSink, openLogFile, readNoFollow } from '../log.js';
 import { validate } from '../options.js';
 import { tlsFields, tlsFiles, tlsYargs } from '../tls-options.js';
@@ -33,6 +34,7 @@ const schema = z
     chunk: z.number().int().min(4096, 'must be at least 4096 bytes').optional(),
     ...tlsFields,
     pageServerTimeout: z.number().int().min(100, 'must be at least 100 ms').default(10_000),
+    events: z.string().min(1, 'must not be empty').optional(),
   })
   .superRefine((o, ctx) => {
     if (o.pageServer && o.port === undefined) ctx.addIssue({ code: 'custom', path: ['port'], message: 'is required with --page-server' });
@@ -58,6 +60,7 @@ function builder(y: Argv) {
     .option('background', { type: 'boolean', describe: 'transfer untouched pages after "restore finished"', default: true })
     .option('chunk', { type: 'number', describe: 'largest background request in bytes (default 4 MiB)' })
     .option('page-server-timeout', { type: 'number', describe: 'ms without progress before the page server counts as dead (default 10000)' })
+    .option('events', { type: 'string', describe: 'write every event as a JSON line to this fd number or file (relative to the work dir); the last line is "done" or "failed"' })
     .example('$0 daemon -D /var/ckpt -W /run/restore', 'serve a local checkpoint; then run `criu restore -D /var/ckpt --lazy-pages -W /run/restore`');
 }
 
@@ -81,6 +84,7 @@ async function runDaemon(o: DaemonCliOptions, rawArgs: string[]): Promise<void> 
   const sink = o.logFile ? LogSink.file(logPath(o), `-o ${o.logFile}`) : LogSink.stderr();
   const reporter = new Reporter({ verbosity: o.verbosity, write: (s) => sink.write(s), tty: !sink.file && isatty(2) });
   const say = (level: number, text: string) => o.verbosity >= level && sink.write(`lazy-pages: ${text}\n`);
+  const events = o.events === undefined ? undefined : EventStream.open(o.events, o.workDir ?? o.imagesDir);
 
   // Signals are handled from the start: before the daemon listens nothing is owed, but the default
   // action would still end us without a word. SIGHUP (logrotate) only reopens the log.
@@ -120,6 +124,7 @@ async function runDaemon(o: DaemonCliOptions, rawArgs: string[]): Promise<void> 
       onEvent: (e) => {
         if (e.type === 'process-lost' && stoppedBy !== undefined) lost[e.killed ? 'killed' : 'notKilled']++;
         reporter.handle(e);
+        events?.write(e);
       },
     });
     if (stoppedBy !== undefined) {
@@ -144,12 +149,14 @@ async function runDaemon(o: DaemonCliOptions, rawArgs: string[]): Promise<void> 
     }
     // The CLI prints this on stderr; a detached daemon's stderr goes nowhere, so its log says it too.
     if (sink.file && err instanceof Error) sink.write(`lazy-pages: ${err.message}\n`);
+    events?.write({ type: 'failed', code: err instanceof UserError ? err.code : 'EINTERNAL', message: err instanceof Error ? err.message : String(err) });
     throw err;
   } finally {
     // A d.close() or d.done may still be pending on an error path: stop the daemon whatever happened.
     if (d && !closed) await d.close('the daemon command ended').catch(() => undefined);
     for (const [sig, h] of handlers) process.off(sig, h);
     sink.close();
+    events?.close();
   }
 }
 

@@ -1,0 +1,56 @@
+/**
+ * `daemon --events FD|FILE`: the library's events as NDJSON for orchestrators, one JSON object a line
+ * with `time` (ISO 8601) added, the same union `startLazyPagesDaemon` emits (see DaemonEvent); the last
+ * line is `done` (with the summary) or `failed` (with the error's code and message). Written like the
+ * log: with writeSync on the raw fd, a line that cannot be written is dropped, never the daemon's end.
+ */
+import { closeSync, fstatSync, writeSync } from 'node:fs';
+import { resolve } from 'node:path';
+
+import type { DaemonEvent } from '../daemon/events.js';
+import { UserError } from '../errors.js';
+import { openLogFile } from './log.js';
+
+export type StreamedEvent = DaemonEvent | { type: 'failed'; code: string; message: string };
+
+export class EventStream {
+  private dropped = 0;
+
+  private constructor(
+    private readonly fd: number,
+    private readonly owned: boolean,
+  ) {}
+
+  /** A number is an open fd (e.g. a pipe the orchestrator passed); anything else a file, relative to `dir`. */
+  static open(spec: string, dir: string): EventStream {
+    if (/^\d+$/.test(spec)) {
+      const fd = Number(spec);
+      try {
+        fstatSync(fd);
+      } catch {
+        throw new UserError('EOPTION', `--events ${spec}: fd ${fd} is not open`);
+      }
+      return new EventStream(fd, false);
+    }
+    return new EventStream(openLogFile(resolve(dir, spec), `--events ${spec}`), true);
+  }
+
+  write(e: StreamedEvent): void {
+    const line = `${JSON.stringify({ time: new Date().toISOString(), ...e })}\n`;
+    try {
+      writeSync(this.fd, line);
+    } catch {
+      this.dropped++;
+    }
+  }
+
+  close(): void {
+    if (this.owned) {
+      try {
+        closeSync(this.fd);
+      } catch {
+        /* already gone */
+      }
+    }
+  }
+}
