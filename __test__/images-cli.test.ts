@@ -41,8 +41,14 @@ for (const name of FIXTURES) {
     const j = await run(t, ['inspect', '-D', dir, '--json']);
     t.is(j.code, 0, j.stderr);
     const model = JSON.parse(j.stdout);
+    t.is(model.schemaVersion, 1);
     t.true(model.processes.length >= 1);
     t.regex(model.processes[0].vmas[0].start, /^0x[0-9a-f]+$/);
+    // Counts and bytes are numbers: lazy bytes are the lazy pages' size.
+    t.is(typeof model.processes[0].lazyBytes, 'number');
+    t.is(model.processes[0].lazyBytes, model.processes[0].pages.lazy * 4096);
+    const fileRange = model.processes.flatMap((p: { lazyRanges: { location: { kind: string; offset?: number } }[] }) => p.lazyRanges).find((r: { location: { kind: string } }) => r.location.kind === 'file');
+    if (fileRange) t.is(typeof fileRange.location.offset, 'number');
     if (name === 'lazy-remote') t.is(model.processes[0].pages.lazyRemote, 1096);
     if (name === 'mixed-vmas') {
       t.deepEqual(model.shmem, [{ shmid: '0x45a', pagesId: 1, entries: 1, pages: 256 }]);

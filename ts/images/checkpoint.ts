@@ -57,14 +57,19 @@ export class Checkpoint {
   }
 
   /** The model as plain JSON: bigints become "0x…" strings. */
+  /**
+   * The model for `inspect --json` (schemaVersion 1): addresses and bit masks as "0x…" strings, counts,
+   * byte sizes and file offsets as numbers (all below 2^53).
+   */
   toJSON(): unknown {
     return {
+      schemaVersion: 1,
       dir: this.dir,
       processes: this.processes.map((p) => {
         const s = pageStats(p);
         return {
           pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, threads: p.threads, state: p.state, pagesId: p.pagesId,
-          lazyBytes: hex(p.lazyBytes),
+          lazyBytes: Number(p.lazyBytes),
           pages: { vma: Number(s.vmaPages), lazy: Number(s.lazyPages), lazyRemote: Number(s.lazyRemotePages), eager: Number(s.eagerPages), zero: Number(s.zeroPages) },
           vmas: p.vmas.map(vmaJSON),
           lazyRanges: p.lazyRanges.map(rangeJSON),
@@ -77,11 +82,11 @@ export class Checkpoint {
 }
 
 function vmaJSON(v: Vma) {
-  return { start: hex(v.start), end: hex(v.end), pgoff: hex(v.pgoff), shmid: hex(v.shmid), prot: v.prot, flags: hex(v.flags), status: hex(v.status), madv: hex(v.madv), lazy: v.lazy };
+  return { start: hex(v.start), end: hex(v.end), pgoff: Number(v.pgoff), shmid: hex(v.shmid), prot: v.prot, flags: hex(v.flags), status: hex(v.status), madv: hex(v.madv), lazy: v.lazy };
 }
 
 function locJSON(l: DataLocation) {
-  return l.kind === 'file' ? { kind: 'file', file: l.file, offset: hex(l.offset) } : { kind: l.kind };
+  return l.kind === 'file' ? { kind: 'file', file: l.file, offset: Number(l.offset) } : { kind: l.kind };
 }
 
 function rangeJSON(r: PageRange) {
