@@ -20,6 +20,7 @@ test('a wrong option is one line naming it, exit code 1', (t) => {
     [['daemon', '-D', '/tmp', '--bogus'], /Unknown argument: bogus/],
     [['daemon', '-D', '/tmp', '-v9'], /--verbosity/],
     [['daemon', '-D', '/tmp', '-v', '9'], /--verbosity/],
+    [['daemon', '-D', '/tmp', '--chunk', 'abc'], /^lazy-pages: --chunk: must be a number$/m],
     [['daemonn', '-D', '/tmp'], /^lazy-pages: unknown command "daemonn" \(did you mean daemon\?\): see --help$/m],
     [['zzzzzz'], /^lazy-pages: unknown command "zzzzzz": see --help$/m],
   ] as const) {

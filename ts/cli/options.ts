@@ -12,7 +12,11 @@ export function validate<T extends z.ZodType>(schema: T, argv: unknown): z.infer
   const issue = r.error.issues[0];
   const key = issue.path.map(String).join('.');
   const flag = key ? `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}` : 'options';
-  throw new UserError('EOPTION', `${flag}: ${issue.message}`);
+  // yargs turns a non-number given for a number option into NaN: zod's own words for that
+  // ("expected number, received NaN") are not the user's.
+  const expected = (issue as { expected?: string }).expected;
+  const message = issue.code === 'invalid_type' && expected === 'number' ? 'must be a number' : issue.message;
+  throw new UserError('EOPTION', `${flag}: ${message}`);
 }
 
 /** Parse a size like 64M, 1G, 4096, 2KiB into bytes. */
