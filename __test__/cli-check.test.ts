@@ -61,3 +61,22 @@ const hasSetpriv = spawnSync('sh', ['-c', 'command -v setpriv'], { stdio: 'ignor
   t.regex(r.stdout, /-> (run as root|EVENT_FORK needs CAP_SYS_PTRACE)/);
   t.regex(r.stdout, /^VERDICT: lazy-pages cannot serve lazy restores here/m);
 });
+
+test('without the native addon, --help and --version work and check says what is missing (one line, no stack trace)', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'lazy-noaddon-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  for (const d of ['dist', 'native']) mkdirSync(join(dir, d));
+  cpSync(join(repoRoot, 'package.json'), join(dir, 'package.json'));
+  cpSync(join(repoRoot, 'bin'), join(dir, 'bin'), { recursive: true });
+  for (const f of readdirSync(join(repoRoot, 'dist')).filter((f) => f.startsWith('cli.bundle.'))) cpSync(join(repoRoot, 'dist', f), join(dir, 'dist', f));
+  cpSync(join(repoRoot, 'native', 'binding.cjs'), join(dir, 'native', 'binding.cjs')); // the loader, without any .node
+  const run = (args: string[]) => spawnSync(process.execPath, [join(dir, 'bin', 'lazy-pages.js'), ...args], { encoding: 'utf8', timeout: 60_000 });
+  const v = run(['--version']);
+  t.is(v.status, 0, v.stderr);
+  t.regex(v.stdout, /^\d+\.\d+\.\d+/);
+  t.is(run(['--help']).status, 0);
+  const c = run(['check']);
+  t.is(c.status, 1, c.stderr);
+  t.regex(c.stdout, /^FAIL native addon: the native addon cannot be loaded .*npm run build:native/m);
+  t.notRegex(`${c.stdout}${c.stderr}`, /at .*\.c?js:\d+/);
+});

@@ -108,8 +108,15 @@ export function checkSystem(o: CheckOptions = {}): CheckReport {
   });
 
   const unpriv = readTrim('/proc/sys/vm/unprivileged_userfaultfd');
-  const p = uffdProbe();
-  if (p.features === undefined) {
+  let p: ReturnType<typeof uffdProbe> | undefined;
+  try {
+    p = uffdProbe();
+  } catch (e) {
+    items.push({ id: 'native-addon', level: 'fail', summary: `native addon: ${(e as Error).message}` });
+  }
+  if (p === undefined) {
+    // Reported above: without the addon nothing can be served (and userfaultfd not probed).
+  } else if (p.features === undefined) {
     const name = ERRNO[p.errno ?? 0] ?? `errno ${p.errno}`;
     items.push({
       id: 'userfaultfd',
