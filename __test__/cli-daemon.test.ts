@@ -1,7 +1,8 @@
 /** `lazy-pages daemon` as CRIU users run it: options, readiness on --status-fd, -d, exit codes. */
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { layoutFor } from '../ts/sim/layout.js';
@@ -102,6 +103,17 @@ test('--events writes every event as a JSON line, ending with "done" and its sum
   const bad = cli(['daemon', '-D', ck.dir, '-W', wd, '--events', '97']);
   t.is(bad.status, 1);
   t.regex(bad.stderr, /^lazy-pages: --events 97: fd 97 is not open$/m);
+});
+
+test('regression: demo and bench without the simulator exit 1 at once, naming it (they hung, with the daemon running)', (t) => {
+  const env = { ...process.env, LAZY_PAGES_SIM: '/nonexistent/restore-sim' };
+  const before = new Set(readdirSync(tmpdir()).filter((f) => f.startsWith('lazy-pages-demo-')));
+  for (const args of [['demo'], ['bench', '--runs', '1', '--no-bulk', '--no-remote']]) {
+    const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 60_000, env });
+    t.is(r.status, 1, `${args[0]}: ${r.signal ?? ''} ${r.stderr}`);
+    t.regex(r.stderr, /^lazy-pages: the restore simulator is not built \(\/nonexistent\/restore-sim\)/m);
+  }
+  t.deepEqual(readdirSync(tmpdir()).filter((f) => f.startsWith('lazy-pages-demo-') && !before.has(f)), [], 'no checkpoint left behind');
 });
 
 test('--help documents the CRIU options', (t) => {

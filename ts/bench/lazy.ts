@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { startLazyPagesDaemon } from '../daemon/daemon.js';
 import type { Checkpoint } from '../images/index.js';
 import { layoutFor } from '../sim/layout.js';
-import { startSimulator } from '../sim/run.js';
+import { simulatorPath, startSimulator } from '../sim/run.js';
 
 export interface LatencyRun {
   p50: number;
@@ -32,6 +32,7 @@ export interface LatencyOptions {
 
 /** One run of per-fault latency (µs) as the restored process sees it: time of each first touch. */
 export async function lazyLatency(ck: Checkpoint, workDir: string, o: LatencyOptions): Promise<LatencyRun> {
+  simulatorPath(); // before the daemon starts: a missing simulator must not leave it running (the bench hung)
   const d = await startLazyPagesDaemon({ imagesDir: ck.dir, workDir, background: o.background ?? false, pageServer: o.pageServer, pieceBytes: o.pieceBytes });
   const workload = o.count
     ? ['--workload', 'touch-random', '--count', String(o.count)]
@@ -65,6 +66,7 @@ export async function lazyBulk(
 ): Promise<{ gbs: number; bytes: number; ms: number }> {
   let t0 = 0;
   let t1 = 0;
+  simulatorPath(); // before the daemon starts (see lazyLatency)
   const d = await startLazyPagesDaemon({
     imagesDir: ck.dir,
     workDir,

@@ -16,7 +16,7 @@ import { startLazyPagesDaemon } from '../../daemon/daemon.js';
 import { UserError } from '../../errors.js';
 import { Checkpoint, writeSyntheticCheckpoint } from '../../images/index.js';
 import { layoutFor } from '../../sim/layout.js';
-import { startSimulator } from '../../sim/run.js';
+import { simulatorPath, startSimulator } from '../../sim/run.js';
 import { parseSize, validate } from '../options.js';
 import { Reporter } from '../reporter.js';
 
@@ -43,15 +43,19 @@ export const demoCommand: CommandModule<object, Record<string, unknown>> = {
 };
 
 async function runDemo(o: z.infer<typeof schema>): Promise<void> {
+  // Before anything is started or written: a missing simulator once left the daemon running, the
+  // demo hanging and its checkpoint behind.
+  simulatorPath();
   const dir = mkdtempSync(join(tmpdir(), 'lazy-pages-demo-'));
   const say = (s: string) => process.stdout.write(`${s}\n`);
+  let d: Awaited<ReturnType<typeof startLazyPagesDaemon>> | undefined;
   try {
     say(`1. writing a CRIU-format checkpoint: ${o.procs} processes × ${(o.size / (1 << 20)).toFixed(0)} MiB in ${dir}`);
     await writeSyntheticCheckpoint({ out: dir, size: BigInt(o.size), vmas: 4, procs: o.procs, holes: 0.05 });
     const ck = await Checkpoint.open(dir);
     say(`2. starting the daemon (lazy-pages daemon -D ${dir})`);
     const reporter = new Reporter({ verbosity: o.verbosity, write: (s) => process.stdout.write(`   ${s}`), tty: false });
-    const d = await startLazyPagesDaemon({ imagesDir: dir, onEvent: (e) => reporter.handle(e) });
+    d = await startLazyPagesDaemon({ imagesDir: dir, onEvent: (e) => reporter.handle(e) });
     const pages = Math.floor(o.size / 4096);
     say('3. restoring: the simulator maps the memory, hands each uffd over, touches 1/8 of the pages at random, then reads all');
     const sim = startSimulator(layoutFor(ck, dir), ['--workload', 'touch-random', '--count', String(Math.max(1, pages >> 3)), '--order', 'rand', '--then-verify-all']);
@@ -76,6 +80,8 @@ async function runDemo(o: z.infer<typeof schema>): Promise<void> {
     }
     say('lazy restore OK');
   } finally {
+    // Whatever failed, the daemon must not keep Node alive (it kills anything still owed first).
+    await d?.close('the demo ended').catch(() => undefined);
     if (!o.keep) rmSync(dir, { recursive: true, force: true });
     else say(`checkpoint kept in ${dir}`);
   }
