@@ -9,7 +9,16 @@
 export { UserError } from './errors.js';
 export { startLazyPagesDaemon, SOCKET_NAME, type DaemonOptions, type LazyPagesDaemon } from './daemon/daemon.js';
 export type { DaemonEvent, DaemonSummary, ProcessReport } from './daemon/events.js';
-export { startPageServer, type PageServer, type PageServerOptions, type PageServerEvent, type TlsFiles } from './pageserver/index.js';
+export {
+  startPageServer,
+  type PageServer,
+  type PageServerOptions,
+  type PageServerEvent,
+  type PageServerEventHandler,
+  type RefusalReason,
+  type SessionEndReason,
+  type TlsFiles,
+} from './pageserver/index.js';
 export {
   Checkpoint,
   ImageError,
@@ -19,6 +28,9 @@ export {
   type CheckpointOptions,
   type PageRange,
   type ProcessImage,
+  type ShmemInfo,
+  type SynthOptions,
+  type TaskState,
   type Vma,
 } from './images/index.js';
 export { nativeVersion, NativeError } from './native/index.js';
