@@ -135,12 +135,14 @@ pub struct Job {
   copied: u64,
   /// Of `copied`, the bytes of pieces run for a fault (reported as served, not in the completion).
   joined: u64,
+  /// Set while `join_fault` runs a piece: what it copies counts in `joined`.
+  for_fault: bool,
 }
 
 impl Job {
   /// A new request of `len` bytes to `dst`.
   pub fn new(proc_id: u32, req_id: u32, gen: u32, src: Source, dst: u64, len: u64, urgent: bool) -> Job {
-    Job { proc_id, req_id, gen, src, dst, len, urgent, done: 0, end: len, holes: Vec::new(), copied: 0, joined: 0 }
+    Job { proc_id, req_id, gen, src, dst, len, urgent, done: 0, end: len, holes: Vec::new(), copied: 0, joined: 0, for_fault: false }
   }
 
   /// Moves the copy to offset `at` (page-aligned, inside the job, not copied yet): what is left of
@@ -761,17 +763,15 @@ impl Loop {
       self.background.insert(i, job);
       return false;
     }
-    let before = job.copied;
-    // Reported as served (the fault's process counts these pages as on demand, at once) rather than in
-    // the copy's completion, which can come after the process has read them all and exited.
+    // The piece is reported as served (the fault's process counts these pages as on demand, at once)
+    // rather than in the copy's completion, which can come after the process has read them all and exited.
+    let before = job.joined;
+    job.for_fault = true;
     let out = self.step(&mut job);
-    let n = job.copied - before;
-    job.joined += n;
+    job.for_fault = false;
+    let n = job.joined - before;
     match out {
-      Some(Out::Done { proc_id, req_id, status, errno, .. }) => {
-        self.out.push(Out::Done { proc_id, req_id, status, bytes: job.copied - job.joined, errno })
-      }
-      Some(other) => self.out.push(other),
+      Some(done) => self.out.push(done),
       None => self.background.push_front(job),
     }
     if n == 0 {
@@ -1095,6 +1095,9 @@ impl Loop {
     let account = |n: u64, job: &mut Job| {
       job.done += n;
       job.copied += n;
+      if job.for_fault {
+        job.joined += n;
+      }
       counters.bytes.fetch_add(n, Ordering::Relaxed);
       match job.src {
         Source::Zero => counters.zero_pages.fetch_add(n / PAGE, Ordering::Relaxed),
