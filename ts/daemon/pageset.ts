@@ -97,18 +97,6 @@ export class ImageIndex {
     return -1;
   }
 
-  /** Index of the first range ending after image address `addr` (ranges.length when none). O(log n). */
-  rangeFrom(addr: bigint): number {
-    let lo = 0;
-    let hi = this.ranges.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (this.ranges[mid].end > addr) hi = mid;
-      else lo = mid + 1;
-    }
-    return lo;
-  }
-
   /** Dense page index of image address `addr`, or -1 when it is not a lazy page. */
   pageOf(addr: bigint): number {
     const i = this.rangeOf(addr);

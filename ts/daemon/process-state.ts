@@ -104,25 +104,16 @@ export class ProcessState {
     return this.pages.remaining;
   }
 
-  /** The native core installed [image, image+len) for this process. */
+  /** The native core installed [image, image+len) for this process; returns how many pages were owed. */
   settleImage(image: bigint, len: bigint): number {
-    let settled = 0;
-    const stop = image + len;
-    // Range by range (gaps between lazy ranges are skipped whole, not page by page).
-    for (let ri = this.index.rangeFrom(image); ri < this.index.ranges.length; ri++) {
-      const r = this.index.ranges[ri];
-      if (r.start >= stop) break;
-      const a = image > r.start ? image : r.start;
-      const end = stop < r.end ? stop : r.end;
-      const first = r.firstPage + Number((a - r.start) / PAGE);
-      settled += this.pages.settle(first, Number((end - a) / PAGE));
-    }
-    return settled;
+    return this.settleImageAt(Number(image), Number(len));
   }
 
-  /** The same for the fault path's facts, in plain numbers (see `ImageIndex.forPagesIn`). */
-  settleImageAt(image: number, len: number): void {
-    this.index.forPagesIn(image, len, (first, n) => this.pages.settle(first, n));
+  /** The same in plain numbers, as the fault path's facts come (see `ImageIndex.forPagesIn`). */
+  settleImageAt(image: number, len: number): number {
+    let settled = 0;
+    this.index.forPagesIn(image, len, (first, n) => (settled += this.pages.settle(first, n)));
+    return settled;
   }
 
   /** Pieces cut from the live map are gone for this process: nothing is owed for them any more. */
