@@ -2,20 +2,18 @@
  * `daemon --events FD|FILE`: the library's events as NDJSON for orchestrators, one JSON object a line
  * with `time` (ISO 8601) added, the same union `startLazyPagesDaemon` emits (see DaemonEvent); the last
  * line is `done` (with the summary) or `failed` (with the error's code and message). Written like the
- * log: with writeSync on the raw fd, a line that cannot be written is dropped, never the daemon's end.
+ * log (`writeQuietly`): a line that cannot be written is dropped, never the daemon's end.
  */
-import { closeSync, fstatSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync } from 'node:fs';
 import { resolve } from 'node:path';
 
 import type { DaemonEvent } from '../daemon/events.js';
 import { UserError } from '../errors.js';
-import { openLogFile } from './log.js';
+import { openLogFile, writeQuietly } from './log.js';
 
 export type StreamedEvent = DaemonEvent | { type: 'failed'; code: string; message: string };
 
 export class EventStream {
-  private dropped = 0;
-
   private constructor(
     private readonly fd: number,
     private readonly owned: boolean,
@@ -36,12 +34,9 @@ export class EventStream {
   }
 
   write(e: StreamedEvent): void {
-    const line = `${JSON.stringify({ time: new Date().toISOString(), ...e })}\n`;
-    try {
-      writeSync(this.fd, line);
-    } catch {
-      this.dropped++;
-    }
+    // Whole lines, as the log writes them (a pipe may take part of one); a line that cannot be
+    // written is dropped (no warning line goes into the stream: it must stay JSON).
+    writeQuietly(this.fd, `${JSON.stringify({ time: new Date().toISOString(), ...e })}\n`);
   }
 
   close(): void {
