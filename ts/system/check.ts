@@ -4,11 +4,11 @@
  * restore meets (pid_max, pipe size), the pid namespace, and a criu binary if one is found. Each
  * item says ok, warn (works, with a caveat) or fail (a lazy restore cannot be served here).
  */
-import { execFileSync } from 'node:child_process';
 import { accessSync, constants, readFileSync, readlinkSync } from 'node:fs';
 import { release } from 'node:os';
 import { delimiter, join } from 'node:path';
 
+import { criuVersion } from '../bench/criu/locate-criu.js';
 import { uffdProbe } from '../native/index.js';
 
 export type Level = 'ok' | 'warn' | 'fail' | 'info';
@@ -185,13 +185,8 @@ export function checkSystem(o: CheckOptions = {}): CheckReport {
 
   const criu = findCriu(o.criu);
   if (criu) {
-    let version = 'version unknown';
-    try {
-      version = execFileSync(criu, ['--version'], { encoding: 'utf8', timeout: 10_000, stdio: ['ignore', 'pipe', 'ignore'] }).trim().split('\n')[0] ?? version;
-    } catch {
-      /* reported as unknown */
-    }
-    items.push({ id: 'criu', level: 'info', summary: `criu: ${criu} (${version})` });
+    const version = criuVersion(criu);
+    items.push({ id: 'criu', level: 'info', summary: `criu: ${criu} (${version === undefined ? 'version unknown' : `Version: ${version}`})` });
   } else {
     items.push({ id: 'criu', level: 'info', summary: 'criu: none found ($CRIU, PATH); lazy-pages serves restores that criu runs' });
   }

@@ -16,7 +16,8 @@ export interface CriuBinary {
   version: string;
 }
 
-function version(path: string): string | undefined {
+/** `path --version`'s version ("4.2"), or undefined when it is not a working criu binary. */
+export function criuVersion(path: string): string | undefined {
   try {
     accessSync(path, constants.X_OK);
     const out = execFileSync(path, ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 10_000 });
@@ -30,7 +31,7 @@ function version(path: string): string | undefined {
 export function locateCriu(given: string): CriuBinary {
   const tried: string[] = [];
   const check = (path: string, from: string): CriuBinary => {
-    const v = version(path);
+    const v = criuVersion(path);
     if (!v) throw new UserError('ENOCRIU', `bench --criu: ${path} (${from}) is not a working criu binary (\`${path} --version\` failed)`);
     return { path, from, version: v };
   };
