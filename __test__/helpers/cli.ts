@@ -24,20 +24,23 @@ export interface CliDaemon {
 }
 
 /**
- * Start `lazy-pages daemon ARGS --status-fd 3`. `umask` runs it under that umask (through sh, which
- * execs node: the pid stays the same); `stderr: 'pipe'` collects stderr.
+ * Start `lazy-pages daemon ARGS --status-fd 3`. `umask` runs it under that umask and `sh` after that
+ * shell command (through sh, which execs node: the pid stays the same); `node` are extra node
+ * options (e.g. `--import` a test hook); `stderr: 'pipe'` collects stderr.
  */
 export function startCliDaemon(
   t: ExecutionContext,
   args: string[],
-  o: { umask?: string; stderr?: 'pipe' | 'ignore' } = {},
+  o: { umask?: string; sh?: string; node?: string[]; env?: NodeJS.ProcessEnv; stderr?: 'pipe' | 'ignore' } = {},
 ): CliDaemon {
-  const argv = [bin, 'daemon', ...args, '--status-fd', '3'];
+  const argv = [...(o.node ?? []), bin, 'daemon', ...args, '--status-fd', '3'];
   const stdio: ('ignore' | 'pipe')[] = ['ignore', 'ignore', o.stderr ?? 'pipe', 'pipe'];
+  const env = o.env ?? process.env;
+  const pre = [o.umask === undefined ? undefined : `umask ${o.umask}`, o.sh].filter((x) => x !== undefined);
   const child =
-    o.umask === undefined
-      ? spawn(process.execPath, argv, { stdio })
-      : spawn('sh', ['-c', `umask ${o.umask} && exec "$0" "$@"`, process.execPath, ...argv], { stdio });
+    pre.length === 0
+      ? spawn(process.execPath, argv, { stdio, env })
+      : spawn('sh', ['-c', `${pre.join(' && ')} && exec "$0" "$@"`, process.execPath, ...argv], { stdio, env });
   const pid = child.pid!;
   t.teardown(() => {
     if (child.exitCode === null && child.signalCode === null) {

@@ -4,16 +4,13 @@
  * (daemon, guardian, simulator and its restored processes) is SIGKILLed by pid in teardown.
  */
 import type { ExecutionContext } from 'ava';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 
 import type { Checkpoint } from '../../ts/images/index.js';
 import type { SimRun } from '../../ts/sim/run.js';
-import { repoRoot } from './e2e.js';
-import { startSim as startCliSim } from './cli.js';
+import { startCliDaemon, startSim as startCliSim } from './cli.js';
 
-export const bin = join(repoRoot, 'bin', 'lazy-pages.js');
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The pid of the guardian started by daemon `daemonPid` (its command line names the daemon). */
@@ -81,37 +78,13 @@ export async function startDaemon(
   wd: string,
   o: { args?: string[]; node?: string[]; sh?: string; env?: NodeJS.ProcessEnv } = {},
 ): Promise<DaemonProc> {
-  const argv = [...(o.node ?? []), bin, 'daemon', '-D', ck.dir, '-W', wd, '--no-background', '-v4', '--status-fd', '3', ...(o.args ?? [])];
-  const stdio: ('ignore' | 'pipe')[] = ['ignore', 'ignore', 'pipe', 'pipe'];
-  const env = o.env ?? process.env;
-  const child =
-    o.sh === undefined
-      ? spawn(process.execPath, argv, { stdio, env })
-      : spawn('sh', ['-c', `${o.sh}; exec "$0" "$@"`, process.execPath, ...argv], { stdio, env });
-  const pid = child.pid!;
-  t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }
-  });
-  let err = '';
-  child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
-    child.once('exit', (code, signal) => r({ code, signal })),
-  );
-  await new Promise<void>((res, rej) => {
-    (child.stdio[3] as NodeJS.ReadableStream).once('data', () => res());
-    void exited.then(({ code, signal }) => rej(new Error(`daemon exited (${code ?? signal}) before it was ready: ${err}`)));
-  });
+  const d = startCliDaemon(t, ['-D', ck.dir, '-W', wd, '--no-background', '-v4', ...(o.args ?? [])], { node: o.node, sh: o.sh, env: o.env });
+  await d.ready;
   // The guardian is started before the socket listens, so before the ready byte.
-  const guardian = guardianOf(pid);
-  if (guardian === undefined) throw new Error(`no guardian process names daemon ${pid}`);
-  killInTeardown(t, guardian, () => guardianOf(pid) === guardian);
-  return { child, pid, guardian, exited, stderr: () => err };
+  const guardian = guardianOf(d.pid);
+  if (guardian === undefined) throw new Error(`no guardian process names daemon ${d.pid}`);
+  killInTeardown(t, guardian, () => guardianOf(d.pid) === guardian);
+  return { child: d.child, pid: d.pid, guardian, exited: d.exited, stderr: d.stderr };
 }
 
 /** The simulator restoring `ck` against the daemon in `wd` (40 s limit); it and its processes die in teardown. */
