@@ -354,7 +354,8 @@ impl State {
     self.closed_ids.insert(id, new);
     let rekey = |k: Key| if k.0 == id { (new, k.1) } else { k };
     self.tasks = std::mem::take(&mut self.tasks).into_iter().map(|(k, t)| (rekey(k), t)).collect();
-    self.lineage = std::mem::take(&mut self.lineage).into_iter().map(|(k, (pid, p))| (rekey(k), (pid, p.map(rekey)))).collect();
+    self.lineage =
+      std::mem::take(&mut self.lineage).into_iter().map(|(k, (pid, p))| (rekey(k), (pid, p.map(rekey)))).collect();
   }
 
   /// Reads every queued message (non-blocking).
@@ -630,7 +631,8 @@ impl State {
       }
     }
     let mut killed: Vec<(i32, RawFd)> = Vec::new();
-    let mut targets: Vec<(i32, RawFd)> = self.tasks.values().filter_map(|t| t.pidfd.as_ref().map(|f| (t.pid, f.as_raw_fd()))).collect();
+    let mut targets: Vec<(i32, RawFd)> =
+      self.tasks.values().filter_map(|t| t.pidfd.as_ref().map(|f| (t.pid, f.as_raw_fd()))).collect();
     targets.extend(extra.iter().map(|(p, f)| (*p, f.as_raw_fd())));
     for (pid, fd) in targets {
       match procfs::pidfd_kill(fd) {
@@ -654,7 +656,10 @@ impl State {
     // call could otherwise read zeros from its memory before the SIGKILL takes effect.
     let fds: Vec<RawFd> = killed.iter().map(|k| k.1).collect();
     if !procfs::wait_exited(&fds, KILL_WAIT) {
-      log(&format!("killed processes had not all exited after {} s; letting go of their userfaultfds", KILL_WAIT.as_secs()));
+      log(&format!(
+        "killed processes had not all exited after {} s; letting go of their userfaultfds",
+        KILL_WAIT.as_secs()
+      ));
     }
     if unknown > 0 {
       log(&format!(
@@ -764,7 +769,8 @@ pub mod procfs {
   /// SIGKILL through a pidfd: reaches the very process the pidfd was opened for, or nobody.
   pub fn pidfd_kill(fd: RawFd) -> io::Result<()> {
     // SAFETY: pidfd_send_signal with a null siginfo (the kernel fills in a SI_USER one).
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0) };
+    let r =
+      unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0) };
     if r == 0 {
       Ok(())
     } else {
@@ -781,7 +787,8 @@ pub mod procfs {
   /// Waits until every pidfd is readable (its process exited), at most `limit`. True if all did.
   pub fn wait_exited(fds: &[RawFd], limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
-    let mut p: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut p: Vec<libc::pollfd> =
+      fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     loop {
       p.retain(|x| x.revents == 0);
       if p.is_empty() {
@@ -859,7 +866,9 @@ pub mod procfs {
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly sized ucred we own.
-    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut libc::c_void, &mut len) };
+    let r = unsafe {
+      libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut libc::c_void, &mut len)
+    };
     (r == 0 && len as usize == std::mem::size_of::<libc::ucred>()).then_some(cred)
   }
 

@@ -211,7 +211,14 @@ fn registered_task() -> i32 {
       let uffd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as RawFd;
       let mut api = [0xAAu64, 0, 0];
       libc::ioctl(uffd, 0xc018_aa3f, api.as_mut_ptr());
-      let page = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+      let page = libc::mmap(
+        std::ptr::null_mut(),
+        4096,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        -1,
+        0,
+      );
       let mut reg = [page as u64, 4096, 1, 0];
       libc::ioctl(uffd, 0xc020_aa00, reg.as_mut_ptr());
       loop {
@@ -268,7 +275,10 @@ fn handed_over_task_is_killed(then_served: bool) {
     // SAFETY: as above.
     unsafe { libc::waitpid(task, &mut status, 0) };
   }
-  assert!(reaped == task && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL, "the held task must be SIGKILLed (reaped {reaped}, status {status:#x})");
+  assert!(
+    reaped == task && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+    "the held task must be SIGKILLed (reaped {reaped}, status {status:#x})"
+  );
   if wait_for(&mut g, Duration::from_secs(5)).is_none() {
     kill(&mut g);
   }
@@ -323,7 +333,10 @@ fn in_flight_uffd_is_taken_and_its_task_killed(pid_read: bool) {
       libc::waitpid(task, &mut status, 0);
     }
   }
-  assert!(reaped == task && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL, "the task whose uffd was in flight must be SIGKILLed (reaped {reaped}, status {status:#x})");
+  assert!(
+    reaped == task && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+    "the task whose uffd was in flight must be SIGKILLed (reaped {reaped}, status {status:#x})"
+  );
   // The restorer's next write fails: the guardian shut the connection down.
   let one = [0u8; 4];
   // SAFETY: send(2) of 4 bytes from a local, MSG_NOSIGNAL so a broken pipe is an error, not a signal.
@@ -411,7 +424,10 @@ fn a_restorer_that_sent_everything_before_the_daemon_accepted_it_gets_its_tasks_
     }
   }
   let _ = std::fs::remove_dir_all(&dir);
-  assert!(reaped == task && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL, "the task must be SIGKILLed (reaped {reaped}, status {status:#x})");
+  assert!(
+    reaped == task && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+    "the task must be SIGKILLed (reaped {reaped}, status {status:#x})"
+  );
   // No one else can connect now: the guardian shut the listening socket down, then closed it.
   if wait_for(&mut g, Duration::from_secs(5)).is_none() {
     kill(&mut g);

@@ -10,10 +10,10 @@ pub const PAGE: u64 = 4096;
 
 /// `0x…` formatting used in every message and report (addresses exceed 2^53, so JSON carries them as strings).
 pub fn hex(v: u64) -> String {
-    format!("{v:#x}")
+  format!("{v:#x}")
 }
 
 /// The last OS error as a readable string (`strerror` text plus errno name is enough for users).
 pub fn os_err() -> String {
-    std::io::Error::last_os_error().to_string()
+  std::io::Error::last_os_error().to_string()
 }

@@ -14,14 +14,14 @@ mod wire;
 mod workload;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = match cli::parse(&args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("restore-sim: {e}");
-            std::process::exit(2);
-        }
-    };
-    let code = master::run(&opts);
-    std::process::exit(code);
+  let args: Vec<String> = std::env::args().skip(1).collect();
+  let opts = match cli::parse(&args) {
+    Ok(o) => o,
+    Err(e) => {
+      eprintln!("restore-sim: {e}");
+      std::process::exit(2);
+    }
+  };
+  let code = master::run(&opts);
+  std::process::exit(code);
 }

@@ -80,18 +80,62 @@ pub enum Out {
   /// copied runs as (image address, bytes) pairs (contiguous pages merged), zero pages counted, and
   /// the live address of the last one. One report for a storm of faults, not one per fault: TS takes
   /// them as two typed arrays (the per-fault objects and BigInts cost JS ~4 µs a fault).
-  Served { proc_id: u32, images: Vec<f64>, lens: Vec<f64>, zero_pages: u64, last_live: u64, next_live: u64 },
-  PageFault { proc_id: u32, address: u64, flags: u64, gen: u32 },
-  Fork { proc_id: u32, child_proc_id: u32 },
-  Remap { proc_id: u32, from: u64, to: u64, len: u64 },
-  Remove { proc_id: u32, start: u64, end: u64 },
-  Unmap { proc_id: u32, start: u64, end: u64 },
-  Done { proc_id: u32, req_id: u32, status: Status, bytes: u64, errno: Option<i32> },
-  Exit { proc_id: u32 },
-  Gone { proc_id: u32, reason: String },
-  Error { proc_id: Option<u32>, message: String },
+  Served {
+    proc_id: u32,
+    images: Vec<f64>,
+    lens: Vec<f64>,
+    zero_pages: u64,
+    last_live: u64,
+    next_live: u64,
+  },
+  PageFault {
+    proc_id: u32,
+    address: u64,
+    flags: u64,
+    gen: u32,
+  },
+  Fork {
+    proc_id: u32,
+    child_proc_id: u32,
+  },
+  Remap {
+    proc_id: u32,
+    from: u64,
+    to: u64,
+    len: u64,
+  },
+  Remove {
+    proc_id: u32,
+    start: u64,
+    end: u64,
+  },
+  Unmap {
+    proc_id: u32,
+    start: u64,
+    end: u64,
+  },
+  Done {
+    proc_id: u32,
+    req_id: u32,
+    status: Status,
+    bytes: u64,
+    errno: Option<i32>,
+  },
+  Exit {
+    proc_id: u32,
+  },
+  Gone {
+    proc_id: u32,
+    reason: String,
+  },
+  Error {
+    proc_id: Option<u32>,
+    message: String,
+  },
   /// The page server failed (named, with what happened); it is no longer used.
-  SourceError { message: String },
+  SourceError {
+    message: String,
+  },
 }
 
 /// Per-process counters, readable from JS without touching the loop thread.
@@ -142,7 +186,21 @@ pub struct Job {
 impl Job {
   /// A new request of `len` bytes to `dst`.
   pub fn new(proc_id: u32, req_id: u32, gen: u32, src: Source, dst: u64, len: u64, urgent: bool) -> Job {
-    Job { proc_id, req_id, gen, src, dst, len, urgent, done: 0, end: len, holes: Vec::new(), copied: 0, joined: 0, for_fault: false }
+    Job {
+      proc_id,
+      req_id,
+      gen,
+      src,
+      dst,
+      len,
+      urgent,
+      done: 0,
+      end: len,
+      holes: Vec::new(),
+      copied: 0,
+      joined: 0,
+      for_fault: false,
+    }
   }
 
   /// Moves the copy to offset `at` (page-aligned, inside the job, not copied yet): what is left of
@@ -184,14 +242,35 @@ impl Job {
 /// Commands from JS to the loop thread.
 pub enum Cmd {
   AddImage(u32, PageImage),
-  AddProcess { proc_id: u32, uffd: Uffd, pid: i32, counters: Arc<Counters> },
-  Install { proc_id: u32, gen: u32, table: Table, applied: u32 },
+  AddProcess {
+    proc_id: u32,
+    uffd: Uffd,
+    pid: i32,
+    counters: Arc<Counters>,
+  },
+  Install {
+    proc_id: u32,
+    gen: u32,
+    table: Table,
+    applied: u32,
+  },
   Job(Job),
-  Wake { proc_id: u32, start: u64, len: u64 },
-  Unregister { proc_id: u32, start: u64, len: u64 },
+  Wake {
+    proc_id: u32,
+    start: u64,
+    len: u64,
+  },
+  Unregister {
+    proc_id: u32,
+    start: u64,
+    len: u64,
+  },
   Pause(u32),
   /// Watch `pid` (a forked child found by TS) for exit, as `AddProcess` does for handed-over tasks.
-  Watch { proc_id: u32, pid: i32 },
+  Watch {
+    proc_id: u32,
+    pid: i32,
+  },
   Remove(u32),
   /// Piece size while faults come, and while none do.
   PieceBytes(u64, u64),
@@ -493,7 +572,11 @@ impl Loop {
   fn report_timeout_ms(&self, timeout: i32) -> i32 {
     let Some(since) = self.routine_since else { return timeout };
     let left = REPORT_DELAY.saturating_sub(since.elapsed()).as_millis() as i32 + 1;
-    if timeout < 0 { left } else { timeout.min(left) }
+    if timeout < 0 {
+      left
+    } else {
+      timeout.min(left)
+    }
   }
 
   fn drain_commands(&mut self) {
@@ -533,7 +616,17 @@ impl Loop {
         counters.paused.store(true, Ordering::Relaxed);
         self.procs.insert(
           proc_id,
-          Proc { uffd, pidfd, paused: true, events_read: 0, gen: 0, table: Table::default(), queued: Vec::new(), counters, dead: false },
+          Proc {
+            uffd,
+            pidfd,
+            paused: true,
+            events_read: 0,
+            gen: 0,
+            table: Table::default(),
+            queued: Vec::new(),
+            counters,
+            dead: false,
+          },
         );
       }
       Cmd::Install { proc_id, gen, table, applied } => {
@@ -577,7 +670,10 @@ impl Loop {
         if let Some(p) = self.procs.get(&proc_id) {
           if let Err(e) = p.uffd.unregister(start, len) {
             if e.errno != libc::ENOMEM && e.errno != libc::ESRCH {
-              self.out.push(Out::Error { proc_id: None, message: format!("{e} (faults there are served zero pages instead)") });
+              self.out.push(Out::Error {
+                proc_id: None,
+                message: format!("{e} (faults there are served zero pages instead)"),
+              });
             }
           }
         }
@@ -679,7 +775,9 @@ impl Loop {
           // FORK's new uffd, and keeps the event queued): it must be killed, not treated as gone.
           _ => {
             self.mark_dead(proc_id);
-            self.out.push(Out::Error { proc_id: Some(proc_id), message: format!("read from its userfaultfd failed: {e}") });
+            self
+              .out
+              .push(Out::Error { proc_id: Some(proc_id), message: format!("read from its userfaultfd failed: {e}") });
           }
         }
         return;
@@ -755,7 +853,10 @@ impl Loop {
       Some(p) if !p.paused && !p.dead => p.gen,
       _ => return false,
     };
-    let found = self.background.iter().position(|j| j.proc_id == proc_id && j.gen == gen && addr >= j.dst && addr - j.dst < j.len);
+    let found = self
+      .background
+      .iter()
+      .position(|j| j.proc_id == proc_id && j.gen == gen && addr >= j.dst && addr - j.dst < j.len);
     let Some(i) = found else { return false };
     let mut job = self.background.remove(i).expect("index from position");
     if !job.jump_to(addr - job.dst) {
@@ -990,9 +1091,18 @@ impl Loop {
   fn record_served_run(&mut self, proc_id: u32, live: u64, image: u64, len: u64, how: How) {
     let fresh = !matches!(self.out.last(), Some(Out::Served { proc_id: pp, .. }) if *pp == proc_id);
     if fresh {
-      self.out.push(Out::Served { proc_id, images: Vec::new(), lens: Vec::new(), zero_pages: 0, last_live: live, next_live: 0 });
+      self.out.push(Out::Served {
+        proc_id,
+        images: Vec::new(),
+        lens: Vec::new(),
+        zero_pages: 0,
+        last_live: live,
+        next_live: 0,
+      });
     }
-    let Some(Out::Served { images, lens, zero_pages, last_live, next_live, .. }) = self.out.last_mut() else { unreachable!() };
+    let Some(Out::Served { images, lens, zero_pages, last_live, next_live, .. }) = self.out.last_mut() else {
+      unreachable!()
+    };
     match how {
       How::Zero => *zero_pages += len / PAGE,
       How::Copy => {

@@ -94,7 +94,8 @@ fn is_executable(p: &std::path::Path) -> bool {
 }
 
 fn node_command() -> Result<Command, GuardianError> {
-  let node = std::fs::read_link("/proc/self/exe").map_err(|e| GuardianError(format!("cannot find the node executable: {e}")))?;
+  let node =
+    std::fs::read_link("/proc/self/exe").map_err(|e| GuardianError(format!("cannot find the node executable: {e}")))?;
   let addon = addon_path().ok_or_else(|| GuardianError("cannot find the native addon's path".into()))?;
   let mut c = Command::new(node);
   c.arg("-e").arg(NODE_SCRIPT).arg(addon);
@@ -119,7 +120,8 @@ fn command() -> Result<Command, GuardianError> {
 fn start() -> Result<Client, GuardianError> {
   let mut cmd = command()?;
   cmd.arg("lazy-pages-guardian").arg("--daemon-pid").arg(std::process::id().to_string());
-  let (sock, mut child) = lazy_pages_guardian::spawn(&mut cmd).map_err(|e| GuardianError(format!("{:?}: {e}", cmd.get_program())))?;
+  let (sock, mut child) =
+    lazy_pages_guardian::spawn(&mut cmd).map_err(|e| GuardianError(format!("{:?}: {e}", cmd.get_program())))?;
   // Wait until it says it runs (own session, signals ignored): a guardian that cannot run (a wrong
   // LAZY_PAGES_GUARDIAN, a broken install) is found out now, while the daemon can still refuse to
   // start, rather than when it is needed.
@@ -213,7 +215,10 @@ fn send(c: &mut Client, m: Msg, fds: &[RawFd]) -> Result<(), String> {
     Ok(()) => Ok(()),
     Err(e) => {
       c.broken = true;
-      let msg = format!("guardian (pid {}): cannot reach it ({e}): processes are no longer protected should the daemon die", c.pid);
+      let msg = format!(
+        "guardian (pid {}): cannot reach it ({e}): processes are no longer protected should the daemon die",
+        c.pid
+      );
       // Also on stderr at once: the hand-over thread's hooks have nobody to report to.
       let line = format!("lazy-pages: {msg}\n");
       // SAFETY: write(2) of our own buffer to fd 2; a failure (closed stderr) is ignored on purpose.
@@ -247,7 +252,9 @@ pub fn hold(fd: RawFd, ns_pid: i32, restorer: i32) {
 /// guardian takes them off the socket and kills their tasks. Keep the returned guard as long as the
 /// connection is served: dropping it tells the guardian to let go of its copy.
 pub fn connection(fd: RawFd, restorer: i32) -> ConnGuard {
-  let _ = with_client(|c| send(c, Msg { kind: Kind::Conn, pid: 0, proc_id: restorer.max(0) as u32, aux: fd as u32, loop_id: 0 }, &[fd]));
+  let _ = with_client(|c| {
+    send(c, Msg { kind: Kind::Conn, pid: 0, proc_id: restorer.max(0) as u32, aux: fd as u32, loop_id: 0 }, &[fd])
+  });
   ConnGuard(fd, Kind::ConnDone)
 }
 

@@ -59,11 +59,15 @@ pub enum HandoverError {
 impl fmt::Display for HandoverError {
   fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     match self {
-      HandoverError::HangUp => write!(f, "hand-over: the restorer hung up before \"restore finished\" (restore failed)"),
+      HandoverError::HangUp => {
+        write!(f, "hand-over: the restorer hung up before \"restore finished\" (restore failed)")
+      }
       HandoverError::Truncated(n) => write!(f, "hand-over: connection closed after {n} of 4 bytes of a pid"),
       HandoverError::NoFd(pid) => write!(f, "hand-over: the message for pid {pid} carried no file descriptor"),
       HandoverError::PidZero => write!(f, "hand-over: received pid 0, which is not a valid task id"),
-      HandoverError::NotUffd(pid, what) => write!(f, "hand-over: the fd sent for pid {pid} is not a userfaultfd (it is {what})"),
+      HandoverError::NotUffd(pid, what) => {
+        write!(f, "hand-over: the fd sent for pid {pid} is not a userfaultfd (it is {what})")
+      }
       HandoverError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => {
         write!(f, "hand-over: the restorer stalled for {STEP_TIMEOUT_SECS} s in the middle of a step (restore failed)")
       }
@@ -359,7 +363,9 @@ fn peer_cred(fd: RawFd) -> Option<libc::ucred> {
   let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
   let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
   // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly sized ucred on our stack.
-  let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut libc::c_void, &mut len) };
+  let r = unsafe {
+    libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut libc::c_void, &mut len)
+  };
   (r == 0 && len as usize == std::mem::size_of::<libc::ucred>()).then_some(cred)
 }
 
@@ -484,7 +490,9 @@ fn serve(sock: OwnedFd, path: &Path, wake: RawFd, stop: &AtomicBool, report: &mu
             report(Report::Connected { pid: cred.map_or(0, |c| c.pid) });
           } else {
             drop(c);
-            report(Report::Refused("a second restorer connected to lazy-pages.socket; only one is served, it was closed".into()));
+            report(Report::Refused(
+              "a second restorer connected to lazy-pages.socket; only one is served, it was closed".into(),
+            ));
           }
         }
         Err(e) => report(Report::Refused(format!("accept failed: {e}"))),
@@ -617,7 +625,8 @@ mod tests {
     assert!(!trusted_peer(65534, 1000));
     assert!(trusted_peer(0, 0));
     assert!(!trusted_peer(65534, 0));
-    let why = untrusted_reason(Path::new("/w/lazy-pages.socket"), Some(libc::ucred { pid: 77, uid: 65534, gid: 65534 }));
+    let why =
+      untrusted_reason(Path::new("/w/lazy-pages.socket"), Some(libc::ucred { pid: 77, uid: 65534, gid: 65534 }));
     // SAFETY: geteuid has no side effects.
     if unsafe { libc::geteuid() } != 65534 {
       let why = why.unwrap();

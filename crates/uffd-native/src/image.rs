@@ -29,11 +29,9 @@ impl fmt::Display for ImageError {
       ImageError::Open(p, e) => write!(f, "{}: cannot open pages image: {e}", p.display()),
       ImageError::Map(p, e) => write!(f, "{}: cannot mmap pages image: {e}", p.display()),
       ImageError::Read(p, off, e) => write!(f, "{}: cannot read the page at offset {off}: {e}", p.display()),
-      ImageError::Range { path, offset, len, size } => write!(
-        f,
-        "{}: read of {len} bytes at offset {offset} is outside the image (file size {size})",
-        path.display()
-      ),
+      ImageError::Range { path, offset, len, size } => {
+        write!(f, "{}: read of {len} bytes at offset {offset} is outside the image (file size {size})", path.display())
+      }
     }
   }
 }
@@ -81,16 +79,27 @@ pub fn open(path: &Path) -> Result<PageImage, ImageError> {
   let file = File::open(path).map_err(|e| ImageError::Open(path.to_path_buf(), e))?;
   let len = file.metadata().map_err(|e| ImageError::Open(path.to_path_buf(), e))?.len();
   if len == 0 {
-    return Ok(Arc::new(Mapping { path: path.to_path_buf(), ptr: std::ptr::null(), len: 0, file: None, pieces: AtomicU32::new(0) }));
+    return Ok(Arc::new(Mapping {
+      path: path.to_path_buf(),
+      ptr: std::ptr::null(),
+      len: 0,
+      file: None,
+      pieces: AtomicU32::new(0),
+    }));
   }
   // SAFETY: a fresh read-only private mapping of an open file; the result is checked against MAP_FAILED.
-  let ptr = unsafe {
-    libc::mmap(std::ptr::null_mut(), len as usize, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0)
-  };
+  let ptr =
+    unsafe { libc::mmap(std::ptr::null_mut(), len as usize, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
   if ptr == libc::MAP_FAILED {
     return Err(ImageError::Map(path.to_path_buf(), std::io::Error::last_os_error()));
   }
-  Ok(Arc::new(Mapping { path: path.to_path_buf(), ptr: ptr as *const u8, len, file: Some(file), pieces: AtomicU32::new(0) }))
+  Ok(Arc::new(Mapping {
+    path: path.to_path_buf(),
+    ptr: ptr as *const u8,
+    len,
+    file: Some(file),
+    pieces: AtomicU32::new(0),
+  }))
 }
 
 /// Bytes copied between two drops of an image's page tables (with up to a 2 MiB folio mapped around

@@ -62,7 +62,9 @@ pub fn guardian_stop(pid: u32) {
 #[napi]
 pub fn run_guardian() -> Result<()> {
   let Some((sock, daemon)) = lazy_pages_guardian::inherited_fds() else {
-    return Err(to_napi(crate::guardian::GuardianError("runGuardian is internal: it runs only in a process the daemon started".into())));
+    return Err(to_napi(crate::guardian::GuardianError(
+      "runGuardian is internal: it runs only in a process the daemon started".into(),
+    )));
   };
   lazy_pages_guardian::harden();
   std::process::exit(lazy_pages_guardian::run(sock, daemon));
@@ -93,12 +95,7 @@ fn outcome(r: CopyResult) -> RawCopyOutcome {
     CopyResult::ProcessGone => ("gone", 0, None),
     CopyResult::Other(e) => ("error", 0, Some(e)),
   };
-  RawCopyOutcome {
-    status: status.into(),
-    bytes: bytes as f64,
-    errno,
-    message: errno.map(uffd::errno_text),
-  }
+  RawCopyOutcome { status: status.into(), bytes: bytes as f64, errno, message: errno.map(uffd::errno_text) }
 }
 
 /// A read-only mapped pages image.
@@ -394,7 +391,9 @@ fn loop_event(o: Out) -> RawLoopEvent {
     Out::PageFault { proc_id, address, flags, gen } => {
       RawLoopEvent { address: b(address), flags: b(flags), gen: Some(gen), ..ev("pagefault", Some(proc_id)) }
     }
-    Out::Fork { proc_id, child_proc_id } => RawLoopEvent { child_proc_id: Some(child_proc_id), ..ev("fork", Some(proc_id)) },
+    Out::Fork { proc_id, child_proc_id } => {
+      RawLoopEvent { child_proc_id: Some(child_proc_id), ..ev("fork", Some(proc_id)) }
+    }
     Out::Remap { proc_id, from, to, len } => {
       RawLoopEvent { from: b(from), to: b(to), len: b(len), ..ev("remap", Some(proc_id)) }
     }
@@ -444,7 +443,6 @@ pub struct RawSourceStats {
   /// GET requests sent (follow-ups of short replies included).
   pub requests: f64,
 }
-
 
 /// The threadsafe function of a [`BatchCallback`]: called with nothing, it builds its batch in JS.
 type BatchTsfn<R> = ThreadsafeFunction<(), (), Vec<R>, Status, false>;
@@ -708,7 +706,8 @@ impl EventLoop {
     if s.connected.load(Ordering::Relaxed) {
       return Err(to_napi(ArgError::Invalid("connectPageServer: a page server is already connected".into())));
     }
-    let c = PageClient::connect(&address, port, std::time::Duration::from_millis(timeout_ms as u64)).map_err(to_napi)?;
+    let c =
+      PageClient::connect(&address, port, std::time::Duration::from_millis(timeout_ms as u64)).map_err(to_napi)?;
     // Marked here (not only on the thread) so a `fetch` right after this call is accepted.
     s.connected.store(true, Ordering::Relaxed);
     s.failed.store(false, Ordering::Relaxed);
@@ -741,7 +740,11 @@ impl EventLoop {
     }
     self.known_proc(proc_id)?;
     if !self.handle.shared.source.connected.load(Ordering::Relaxed) {
-      let why = if self.handle.shared.source.failed.load(Ordering::Relaxed) { "the page server failed" } else { "no page server is connected (call connectPageServer first)" };
+      let why = if self.handle.shared.source.failed.load(Ordering::Relaxed) {
+        "the page server failed"
+      } else {
+        "no page server is connected (call connectPageServer first)"
+      };
       return Err(to_napi(ArgError::Invalid(format!("fetch: {why}"))));
     }
     self.handle.shared.send(Cmd::Fetch(Fetch::new(proc_id, req_id, gen, image_pid, image, pages as u64, dst)));
@@ -855,7 +858,9 @@ fn ps_event(e: crate::pageserver::Event) -> RawPageServerEvent {
     sessions: None,
   };
   match e {
-    Event::Started { session, peer } => RawPageServerEvent { session: Some(session), peer: Some(peer), ..ev("session-started") },
+    Event::Started { session, peer } => {
+      RawPageServerEvent { session: Some(session), peer: Some(peer), ..ev("session-started") }
+    }
     Event::Ended { session, peer, reason, detail, requests, pages_sent } => RawPageServerEvent {
       session: Some(session),
       peer: Some(peer),
@@ -866,12 +871,13 @@ fn ps_event(e: crate::pageserver::Event) -> RawPageServerEvent {
       pages_sent: Some(pages_sent as f64),
       ..ev("session-ended")
     },
-    Event::Refused { peer, reason, detail } => RawPageServerEvent { peer: Some(peer), reason: Some(reason.into()), detail: Some(detail), ..ev("refused") },
+    Event::Refused { peer, reason, detail } => {
+      RawPageServerEvent { peer: Some(peer), reason: Some(reason.into()), detail: Some(detail), ..ev("refused") }
+    }
     Event::Warning { message } => RawPageServerEvent { detail: Some(message), ..ev("warning") },
     Event::Stopped { sessions } => RawPageServerEvent { sessions: Some(sessions), ..ev("stopped") },
   }
 }
-
 
 /// The native page-server engine (plain TCP): one thread serving every connection.
 #[napi]
@@ -902,7 +908,8 @@ impl NativePageServer {
     if options.stall_timeout_ms == 0 {
       return Err(to_napi(ArgError::Invalid("stallTimeoutMs: must be positive".into())));
     }
-    let max_reply_pages = if options.max_reply_pages >= 1.0 { (options.max_reply_pages as u64).min(MAX_NR_PAGES) } else { 1 };
+    let max_reply_pages =
+      if options.max_reply_pages >= 1.0 { (options.max_reply_pages as u64).min(MAX_NR_PAGES) } else { 1 };
     let mut maps = Vec::with_capacity(images.len());
     for p in &images {
       maps.push(image::open(Path::new(p)).map_err(to_napi)?);
@@ -923,12 +930,7 @@ impl NativePageServer {
       idle: options.idle_timeout_ms.filter(|ms| *ms > 0).map(|ms| std::time::Duration::from_millis(ms as u64)),
       allow: options.allow.unwrap_or_default(),
     };
-    let handle = pageserver::start(
-      opts,
-      cat,
-      callback.notify(),
-    )
-    .map_err(to_napi)?;
+    let handle = pageserver::start(opts, cat, callback.notify()).map_err(to_napi)?;
     callback.started(handle.shared.clone());
     let (address, port) = (handle.local.ip().to_string(), handle.local.port() as u32);
     Ok(NativePageServer { handle: Some(handle), callback, address, port })

@@ -206,7 +206,12 @@ impl Conn {
     loop {
       // SAFETY: sends from a live slice; MSG_NOSIGNAL turns a dead peer into EPIPE instead of SIGPIPE.
       let n = unsafe {
-        libc::send(self.raw(), bytes.as_ptr() as *const libc::c_void, bytes.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+        libc::send(
+          self.raw(),
+          bytes.as_ptr() as *const libc::c_void,
+          bytes.len(),
+          libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
       };
       if n >= 0 {
         return Ok(n as usize);
@@ -289,8 +294,7 @@ pub struct PageClient {
 }
 
 fn connect_one(name: &str, address: &str, port: u16, timeout: Duration) -> Result<OwnedFd, ConnectError> {
-  let addrs: Vec<_> =
-    (address, port).to_socket_addrs().map_err(|e| ConnectError::Resolve(name.into(), e))?.collect();
+  let addrs: Vec<_> = (address, port).to_socket_addrs().map_err(|e| ConnectError::Resolve(name.into(), e))?.collect();
   let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the address resolved to nothing");
   for a in addrs {
     match TcpStream::connect_timeout(&a, timeout) {
@@ -430,7 +434,13 @@ impl PageClient {
       let mut k = 0;
       while k < p.pages {
         let pages = small.min(p.pages - k);
-        self.pieces.push_back(Piece { fetch: p.fetch, pid: p.pid, vaddr: p.vaddr + k * PAGE, pages, page0: p.page0 + k });
+        self.pieces.push_back(Piece {
+          fetch: p.fetch,
+          pid: p.pid,
+          vaddr: p.vaddr + k * PAGE,
+          pages,
+          page0: p.page0 + k,
+        });
         k += pages;
       }
     }
@@ -561,17 +571,29 @@ impl PageClient {
                 let rest = Piece { vaddr: p.vaddr + got * PAGE, pages: p.pages - got, page0: p.page0 + got, ..p };
                 self.pieces.push_front(rest);
               }
-              self.reading = Reading::Piece { fetch: p.fetch, off: (p.page0 * PAGE) as usize, left: (got * PAGE) as usize, pages: got };
+              self.reading = Reading::Piece {
+                fetch: p.fetch,
+                off: (p.page0 * PAGE) as usize,
+                left: (got * PAGE) as usize,
+                pages: got,
+              };
             }
           }
         }
         Reading::Fault { req, have } => {
           if have < PAGE as usize {
             // SAFETY: the page buffer has PAGE bytes and `have` < PAGE.
-            let rest = unsafe { std::slice::from_raw_parts_mut((self.page.as_ptr() as *mut u8).add(have), PAGE as usize - have) };
+            let rest = unsafe {
+              std::slice::from_raw_parts_mut((self.page.as_ptr() as *mut u8).add(have), PAGE as usize - have)
+            };
             match self.conn.read_into(rest)? {
               Got::Nothing => return Ok(()),
-              Got::Eof => return Err(format!("the server closed the connection in the middle of a reply{}", unanswered(self.sent.len()))),
+              Got::Eof => {
+                return Err(format!(
+                  "the server closed the connection in the middle of a reply{}",
+                  unanswered(self.sent.len())
+                ))
+              }
               Got::Bytes(n) => self.reading = Reading::Fault { req, have: have + n },
             }
             continue;
@@ -594,7 +616,10 @@ impl PageClient {
             let n = match self.conn.read_into(buf.slice_mut(off, take))? {
               Got::Nothing => return Ok(()),
               Got::Eof => {
-                return Err(format!("the server closed the connection in the middle of a reply{}", unanswered(self.sent.len())))
+                return Err(format!(
+                  "the server closed the connection in the middle of a reply{}",
+                  unanswered(self.sent.len())
+                ))
               }
               Got::Bytes(n) => n,
             };
@@ -682,7 +707,6 @@ impl PageClient {
       }
     }
   }
-
 }
 
 #[cfg(test)]
@@ -692,13 +716,18 @@ mod tests {
   use std::net::TcpListener;
 
   fn reply(pid: u32, vaddr: u64, pages: u64, fill: u8) -> Vec<u8> {
-    let mut v = Header { cmd: crate::pagewire::REPLY_CMD, nr_pages: pages, vaddr, dst_id: pid as u64 }.encode().to_vec();
+    let mut v =
+      Header { cmd: crate::pagewire::REPLY_CMD, nr_pages: pages, vaddr, dst_id: pid as u64 }.encode().to_vec();
     v.extend(std::iter::repeat(fill).take((pages * PAGE) as usize));
     v
   }
 
   /// Reads until `want` is satisfied or 2 s pass.
-  fn drive(c: &mut PageClient, stats: &SourceStats, want: impl Fn(&[(u64, u8)], &[u64]) -> bool) -> (Vec<(u64, u8)>, Vec<u64>) {
+  fn drive(
+    c: &mut PageClient,
+    stats: &SourceStats,
+    want: impl Fn(&[(u64, u8)], &[u64]) -> bool,
+  ) -> (Vec<(u64, u8)>, Vec<u64>) {
     let (mut pages, mut done) = (Vec::new(), Vec::new());
     let t0 = Instant::now();
     while !want(&pages, &done) && t0.elapsed() < Duration::from_secs(2) {

@@ -59,10 +59,7 @@ impl Header {
 /// The error text names what arrived and what was expected, for the `source-error` message.
 pub fn check_reply(h: &Header, pid: u32, vaddr: u64, pages: u64) -> Result<u64, String> {
   if h.cmd != REPLY_CMD {
-    return Err(format!(
-      "reply command 0x{:x} for the GET of 0x{vaddr:x} pid {pid}, expected 0x{REPLY_CMD:x}",
-      h.cmd
-    ));
+    return Err(format!("reply command 0x{:x} for the GET of 0x{vaddr:x} pid {pid}, expected 0x{REPLY_CMD:x}", h.cmd));
   }
   if h.vaddr != vaddr || h.dst_id != pid as u64 {
     return Err(format!("reply for 0x{:x} pid {}, expected 0x{vaddr:x} pid {pid}", h.vaddr, h.dst_id));

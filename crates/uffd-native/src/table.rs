@@ -65,11 +65,15 @@ impl fmt::Display for TableError {
     match self {
       TableError::BadLength(n) => write!(f, "translation table: {n} words is not a multiple of {WORDS}"),
       TableError::Empty(i) => write!(f, "translation table entry {i}: liveEnd must be greater than liveStart"),
-      TableError::Unaligned(i) => write!(f, "translation table entry {i}: addresses and fileOffset must be multiples of 4096"),
+      TableError::Unaligned(i) => {
+        write!(f, "translation table entry {i}: addresses and fileOffset must be multiples of 4096")
+      }
       TableError::BadKind(i, k) => write!(f, "translation table entry {i}: kind {k} is not 0 (file) or 1 (remote)"),
       TableError::Unsorted(i) => write!(f, "translation table entry {i}: overlaps or precedes entry {}", i - 1),
       TableError::UnknownImage(i, id) => write!(f, "translation table entry {i}: image id {id} is not loaded"),
-      TableError::BadPid(i, pid) => write!(f, "translation table entry {i}: image pid {pid} of a remote entry is not a valid pid"),
+      TableError::BadPid(i, pid) => {
+        write!(f, "translation table entry {i}: image pid {pid} of a remote entry is not a valid pid")
+      }
       TableError::PastImage(i, end, size) => {
         write!(f, "translation table entry {i}: reads up to file offset {end}, past the image size {size}")
       }
@@ -124,7 +128,14 @@ impl Table {
       } else if id > i32::MAX as u64 {
         return Err(TableError::BadPid(i, id));
       }
-      entries.push(Entry { live_start: ls, live_end: le, image_start: is, kind, image_id: id as u32, file_offset: off });
+      entries.push(Entry {
+        live_start: ls,
+        live_end: le,
+        image_start: is,
+        kind,
+        image_id: id as u32,
+        file_offset: off,
+      });
     }
     Ok(Table { entries })
   }
@@ -181,11 +192,7 @@ mod tests {
 
   #[test]
   fn looks_up() {
-    let t = Table::parse(
-      &[0x1000, 0x3000, 0x9000, 0, 0, 0x2000, 0x5000, 0x6000, 0x5000, 1, 0, 0],
-      &sizes,
-    )
-    .unwrap();
+    let t = Table::parse(&[0x1000, 0x3000, 0x9000, 0, 0, 0x2000, 0x5000, 0x6000, 0x5000, 1, 0, 0], &sizes).unwrap();
     assert!(t.lookup(0x0fff).is_none());
     let e = t.lookup(0x2000).unwrap();
     assert_eq!(e.kind, Kind::File);

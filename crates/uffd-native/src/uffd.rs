@@ -10,12 +10,8 @@ use crate::errors::Coded;
 
 /// Features every lazy-pages uffd must have: EVENT_FORK | EVENT_REMAP | EVENT_REMOVE | EVENT_UNMAP.
 pub const REQUIRED_FEATURES: u64 = 0x4E;
-const FEATURE_NAMES: [(u64, &str); 4] = [
-  (0x02, "EVENT_FORK"),
-  (0x04, "EVENT_REMAP"),
-  (0x08, "EVENT_REMOVE"),
-  (0x40, "EVENT_UNMAP"),
-];
+const FEATURE_NAMES: [(u64, &str); 4] =
+  [(0x02, "EVENT_FORK"), (0x04, "EVENT_REMAP"), (0x08, "EVENT_REMOVE"), (0x40, "EVENT_UNMAP")];
 
 const UFFD_API: u64 = 0xAA;
 const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
@@ -181,14 +177,7 @@ pub struct RangeError {
 
 impl fmt::Display for RangeError {
   fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    write!(
-      f,
-      "{} of range 0x{:x}+0x{:x} failed: {}",
-      self.op,
-      self.start,
-      self.len,
-      errno_text(self.errno)
-    )
+    write!(f, "{} of range 0x{:x}+0x{:x} failed: {}", self.op, self.start, self.len, errno_text(self.errno))
   }
 }
 

@@ -40,7 +40,10 @@ impl Catalog {
     for (i, w) in words.chunks_exact(4).enumerate() {
       let r = Run { start: w[0], end: w[1], image: w[2] as usize, offset: w[3] };
       if r.start >= r.end || r.start % PAGE != 0 || r.end % PAGE != 0 {
-        return Err(format!("catalog of pid {pid}: run {i} 0x{:x}-0x{:x} is empty or not page aligned", r.start, r.end));
+        return Err(format!(
+          "catalog of pid {pid}: run {i} 0x{:x}-0x{:x} is empty or not page aligned",
+          r.start, r.end
+        ));
       }
       if w[2] >= self.images.len() as u64 {
         return Err(format!("catalog of pid {pid}: run {i} names image {} of {}", w[2], self.images.len()));
@@ -85,7 +88,13 @@ mod tests {
     let mut c = Catalog::new(Vec::new());
     assert!(c.add_pid(1, &[0x1000, 0x3000, 0, 0]).unwrap_err().contains("image 0 of 0"));
     let mut c2 = Catalog { images: vec![], by_pid: HashMap::new() };
-    c2.by_pid.insert(7, vec![Run { start: 0x1000, end: 0x3000, image: 0, offset: 0 }, Run { start: 0x5000, end: 0x6000, image: 0, offset: 0x2000 }]);
+    c2.by_pid.insert(
+      7,
+      vec![
+        Run { start: 0x1000, end: 0x3000, image: 0, offset: 0 },
+        Run { start: 0x5000, end: 0x6000, image: 0, offset: 0x2000 },
+      ],
+    );
     assert_eq!(c2.find(7, 0x1000).unwrap().start, 0x1000);
     assert_eq!(c2.find(7, 0x2000).unwrap().start, 0x1000);
     assert!(c2.find(7, 0x3000).is_none());

@@ -157,7 +157,8 @@ impl Conn {
   fn on_eof(&mut self) -> Read_ {
     if self.have > 0 {
       // Requests before the cut header are still answered, then the session ends.
-      let d = format!("connection ended inside a header: {} of {HDR} bytes at stream offset {}", self.have, self.offset);
+      let d =
+        format!("connection ended inside a header: {} of {HDR} bytes at stream offset {}", self.have, self.offset);
       self.queue.push_back(Item::End(End::new(Reason::MalformedHeader, d)));
       self.poisoned = true;
       return Read_::More;
@@ -245,7 +246,12 @@ impl Conn {
           self.blocked = true;
           return Turn::Blocked;
         }
-        Err(WriteErr::Gone) => return Turn::Ended(End::new(Reason::ClientDisconnectedMidReply, "the client went away before its replies were sent")),
+        Err(WriteErr::Gone) => {
+          return Turn::Ended(End::new(
+            Reason::ClientDisconnectedMidReply,
+            "the client went away before its replies were sent",
+          ))
+        }
         Err(WriteErr::Image(m)) => return Turn::Ended(End::new(Reason::ImageError, m)),
       }
     }
@@ -263,7 +269,10 @@ impl Conn {
           return Err(End::new(Reason::UnknownPid, format!("GET for pid {pid}, which is not in this checkpoint")));
         }
         let Some(run) = cat.find(pid, vaddr) else {
-          return Err(End::new(Reason::NoSuchPages, format!("GET for pid {pid} at 0x{vaddr:x}: no lazy page with data here")));
+          return Err(End::new(
+            Reason::NoSuchPages,
+            format!("GET for pid {pid} at 0x{vaddr:x}: no lazy page with data here"),
+          ));
         };
         // Clamp at the end of the contiguous run: the client asks again for the rest (CRIU does the same).
         let n = pages.min((run.end - vaddr) / 4096).min(max_reply_pages.max(1));
@@ -271,7 +280,13 @@ impl Conn {
         let off = run.offset + (vaddr - run.start);
         let len = n * 4096;
         if let Err(e) = img.ptr_at(off, len) {
-          return Err(End::new(Reason::ImageError, format!("{}: offset 0x{off:x}: file ends before the page data the pagemap promises ({e})", img.path().display())));
+          return Err(End::new(
+            Reason::ImageError,
+            format!(
+              "{}: offset 0x{off:x}: file ends before the page data the pagemap promises ({e})",
+              img.path().display()
+            ),
+          ));
         }
         let head = Header { cmd: REPLY_CMD, nr_pages: n, vaddr, dst_id: pid as u64 }.encode();
         Ok(Reply { head, head_len: HDR, head_sent: 0, data: Some((img.clone(), off)), len, sent: 0, pages: n })
@@ -285,7 +300,10 @@ impl Conn {
     let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2];
     let mut cnt = 0;
     if r.head_sent < r.head_len {
-      iov[0] = libc::iovec { iov_base: r.head[r.head_sent..].as_ptr() as *mut libc::c_void, iov_len: r.head_len - r.head_sent };
+      iov[0] = libc::iovec {
+        iov_base: r.head[r.head_sent..].as_ptr() as *mut libc::c_void,
+        iov_len: r.head_len - r.head_sent,
+      };
       cnt = 1;
     }
     if let Some((img, off)) = &r.data {

@@ -30,7 +30,8 @@ impl Cidr {
       Some((a, l)) => (a, Some(l)),
       None => (s, None),
     };
-    let ip: IpAddr = addr.trim().parse().map_err(|_| bad("not an IPv4 or IPv6 address (expected e.g. 10.0.0.0/24 or fd00::/64)"))?;
+    let ip: IpAddr =
+      addr.trim().parse().map_err(|_| bad("not an IPv4 or IPv6 address (expected e.g. 10.0.0.0/24 or fd00::/64)"))?;
     let ip = normalize(ip);
     let max: u8 = if ip.is_ipv4() { 32 } else { 128 };
     let prefix = match len {
@@ -122,11 +123,17 @@ impl Gate {
       return Err((Refusal::NotAllowed, format!("{ip} is not in --allow {}", list.join(", "))));
     }
     if self.max_total > 0 && self.total >= self.max_total {
-      return Err((Refusal::TooManyConnections, format!("{} connections already open (--max-connections {})", self.total, self.max_total)));
+      return Err((
+        Refusal::TooManyConnections,
+        format!("{} connections already open (--max-connections {})", self.total, self.max_total),
+      ));
     }
     let n = self.per_peer.get(&ip).copied().unwrap_or(0);
     if self.max_per_peer > 0 && n >= self.max_per_peer {
-      return Err((Refusal::TooManyFromPeer, format!("{ip} already has {n} connections open (--max-per-peer {})", self.max_per_peer)));
+      return Err((
+        Refusal::TooManyFromPeer,
+        format!("{ip} already has {n} connections open (--max-per-peer {})", self.max_per_peer),
+      ));
     }
     self.total += 1;
     *self.per_peer.entry(ip).or_insert(0) += 1;
@@ -196,7 +203,10 @@ mod tests {
 
   #[test]
   fn bad_cidrs_are_named() {
-    assert_eq!(Cidr::parse("10.0.0.1/8").unwrap_err(), "--allow 10.0.0.1/8: host bits are set (did you mean 10.0.0.0/8?)");
+    assert_eq!(
+      Cidr::parse("10.0.0.1/8").unwrap_err(),
+      "--allow 10.0.0.1/8: host bits are set (did you mean 10.0.0.0/8?)"
+    );
     assert!(Cidr::parse("10.0.0.0/33").unwrap_err().contains("0-32"));
     assert!(Cidr::parse("fd00::/129").unwrap_err().contains("0-128"));
     assert!(Cidr::parse("10.0.0.0/+8").is_err());

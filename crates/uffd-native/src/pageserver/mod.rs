@@ -74,14 +74,32 @@ pub struct Options {
 /// Reports to JS.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-  Started { session: u32, peer: String },
-  Ended { session: u32, peer: String, reason: Reason, detail: String, requests: u64, pages_sent: u64 },
+  Started {
+    session: u32,
+    peer: String,
+  },
+  Ended {
+    session: u32,
+    peer: String,
+    reason: Reason,
+    detail: String,
+    requests: u64,
+    pages_sent: u64,
+  },
   /// A connection closed at accept, before anything it sent was read: `reason` is a [`limits::Refusal`].
-  Refused { peer: String, reason: &'static str, detail: String },
+  Refused {
+    peer: String,
+    reason: &'static str,
+    detail: String,
+  },
   /// Something the operator should know that is not one session's business (accept() failing, …).
-  Warning { message: String },
+  Warning {
+    message: String,
+  },
   /// The thread has stopped (close, or the session limit reached and every session ended).
-  Stopped { sessions: u32 },
+  Stopped {
+    sessions: u32,
+  },
 }
 
 /// Errors starting the server.
@@ -178,8 +196,13 @@ fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, tok: u64) -> st
 /// Binds and listens (synchronously, so the caller learns the real port), then starts the thread.
 pub fn start(opts: Options, cat: Catalog, notify: Box<dyn Fn() + Send + Sync>) -> Result<Handle, ServerError> {
   let allow = opts.allow.iter().map(|a| Cidr::parse(a)).collect::<Result<Vec<_>, _>>().map_err(ServerError::Option)?;
-  let at = if opts.address.contains(':') { format!("[{}]:{}", opts.address, opts.port) } else { format!("{}:{}", opts.address, opts.port) };
-  let listener = TcpListener::bind((opts.address.as_str(), opts.port)).map_err(|e| ServerError::Listen(at.clone(), errno_name(&e)))?;
+  let at = if opts.address.contains(':') {
+    format!("[{}]:{}", opts.address, opts.port)
+  } else {
+    format!("{}:{}", opts.address, opts.port)
+  };
+  let listener = TcpListener::bind((opts.address.as_str(), opts.port))
+    .map_err(|e| ServerError::Listen(at.clone(), errno_name(&e)))?;
   listener.set_nonblocking(true).map_err(|e| ServerError::Listen(at.clone(), errno_name(&e)))?;
   let local = listener.local_addr().map_err(|e| ServerError::Listen(at, errno_name(&e)))?;
   let (ep, wake) = crate::poller::epoll_and_wake().map_err(ServerError::Start)?;
@@ -205,7 +228,10 @@ pub fn start(opts: Options, cat: Catalog, notify: Box<dyn Fn() + Send + Sync>) -
     out: Vec::new(),
     buf: vec![0u8; 64 << 10],
   };
-  let thread = std::thread::Builder::new().name("lazy-pages-psrv".into()).spawn(move || server.run()).map_err(ServerError::Start)?;
+  let thread = std::thread::Builder::new()
+    .name("lazy-pages-psrv".into())
+    .spawn(move || server.run())
+    .map_err(ServerError::Start)?;
   Ok(Handle { shared, thread: Some(thread), local })
 }
 
@@ -374,7 +400,9 @@ impl Server {
       let mut c = Conn::new(stream, id, peer.clone());
       c.ip = ip;
       c.interest = libc::EPOLLIN as u32;
-      if epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, c.stream.as_raw_fd(), c.interest, TOK_CONN + id as u64).is_err() {
+      if epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, c.stream.as_raw_fd(), c.interest, TOK_CONN + id as u64)
+        .is_err()
+      {
         self.gate.leave(ip);
         continue;
       }
@@ -404,14 +432,19 @@ impl Server {
       None => {
         self.accept_failing = Some((now, 1, now));
         self.out.push(Event::Warning {
-          message: format!("accept failed: {what}: {e}; new connections wait in the backlog, trying again every {ms} ms"),
+          message: format!(
+            "accept failed: {what}: {e}; new connections wait in the backlog, trying again every {ms} ms"
+          ),
         });
       }
       Some((since, n, last)) => {
         *n += 1;
         if now.duration_since(*last) >= ACCEPT_REPORT_EVERY {
           *last = now;
-          let message = format!("accept still failing: {what}, for {} s ({n} tries); new connections wait in the backlog", since.elapsed().as_secs());
+          let message = format!(
+            "accept still failing: {what}, for {} s ({n} tries); new connections wait in the backlog",
+            since.elapsed().as_secs()
+          );
           self.out.push(Event::Warning { message });
         }
       }

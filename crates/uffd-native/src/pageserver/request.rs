@@ -153,7 +153,10 @@ mod tests {
   #[test]
   fn same_verdicts_and_words_as_the_ts_engine() {
     let e = check_header(&h(0x99, 1, 0, 1), 0).unwrap_err();
-    assert_eq!((e.reason, e.detail.as_str()), (Reason::UnknownCommand, "unknown page-server command 0x99 at stream offset 0"));
+    assert_eq!(
+      (e.reason, e.detail.as_str()),
+      (Reason::UnknownCommand, "unknown page-server command 0x99 at stream offset 0")
+    );
     let e = check_header(&h(0xffff_ffff, 0, 0, 0), 32).unwrap_err();
     assert_eq!(e.detail, "unknown page-server command 0xffffffff at stream offset 32");
     let e = check_header(&h(GET, 1 << 63, 0, 1), 0).unwrap_err();
