@@ -1,7 +1,6 @@
 // Shared helpers of the images-*.test.ts files (not a test file itself: ava only runs *.test.ts).
 import { truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { create, toBinary } from '@bufbuild/protobuf';
 import { MAGIC, MAP_ANONYMOUS, MAP_PRIVATE, VMA_ANON_PRIVATE, VMA_AREA_REGULAR } from '../ts/images/constants.js';
 import { MmEntrySchema, VmaEntrySchema } from '../ts/images/gen/criu/mm_pb.js';
@@ -9,9 +8,7 @@ import { PagemapEntrySchema, PagemapHeadSchema } from '../ts/images/gen/criu/pag
 import { SYNTH_BASE_ADDR, writeSyntheticCheckpoint } from '../ts/images/synth.js';
 import { encodeImage, encodeRecords } from '../ts/images/writer.js';
 
-export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-/** The fixtures sit beside the repo (CI clones the repo with a copy of shared/ next to it). */
-export const fixturesDir = path.join(repoRoot, '..', 'shared', 'fixtures', 'criu-images');
+export { fixturesDir, repoRoot } from './helpers/common.js';
 export const FIXTURES = ['single-anon', 'mremap', 'fork-tree', 'mixed-vmas', 'lazy-remote'] as const;
 
 /**

@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { Checkpoint, writeSyntheticCheckpoint } from '../../ts/images/index.js';
 
 export const repoRoot = join(import.meta.dirname ?? new URL('.', import.meta.url).pathname, '..', '..');
-export const fixturesDir = join(repoRoot, '..', 'shared', 'fixtures', 'criu-images');
+/** Real checkpoints written by CRIU 4.2, each with CRIU's JSON decode beside it (fixtures/criu-images/README.md). */
+export const fixturesDir = join(repoRoot, 'fixtures', 'criu-images');
 
 /** A temp dir removed in teardown. */
 export function tempDir(t: ExecutionContext, prefix = 'lazy-e2e-'): string {

@@ -1,5 +1,5 @@
 /**
- * The physical floor: ../shared/bench/floor.c, a minimal C userfaultfd handler. Our numbers are
+ * The physical floor: bench/floor.c, a minimal C userfaultfd handler. Our numbers are
  * reported as ratios to it, measured in the same run, because the machine is shared and noisy.
  */
 import { execFileSync } from 'node:child_process';
@@ -11,7 +11,7 @@ import { packageRoot } from '../package-root.js';
 const repoRoot = packageRoot;
 
 /** Where floor.c is looked for when --floor is not given. */
-export const DEFAULT_FLOOR_SOURCE = join(repoRoot, '..', 'shared', 'bench', 'floor.c');
+export const DEFAULT_FLOOR_SOURCE = join(repoRoot, 'bench', 'floor.c');
 
 export class Floor {
   private constructor(

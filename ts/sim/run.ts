@@ -9,18 +9,29 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { UserError } from '../errors.js';
-import { packageRoot } from '../package-root.js';
+import { findNativeExecutable } from '../native/executables.js';
 import type { SimLayout } from './layout.js';
 
-const repoRoot = packageRoot;
 
-/** Path of the simulator binary (built by `npm run build:sim` in a source checkout). */
+/**
+ * Path of the simulator binary: $LAZY_PAGES_SIM, else next to the addon (the platform package of an
+ * npm install, or native/ of a source checkout after `npm run build:sim`).
+ */
 export function simulatorPath(): string {
-  const p = process.env.LAZY_PAGES_SIM ?? join(repoRoot, 'target', 'release', 'restore-sim');
-  if (!existsSync(p)) {
-    throw new UserError('ENOSIM', `the restore simulator is not built (${p}): run \`npm run build:sim\` in a source checkout`);
+  const env = process.env.LAZY_PAGES_SIM;
+  if (env) {
+    if (!existsSync(env)) throw new UserError('ENOSIM', `the restore simulator LAZY_PAGES_SIM=${env} does not exist`);
+    return env;
   }
-  return p;
+  const { path, tried } = findNativeExecutable('restore-sim');
+  if (!path) {
+    throw new UserError(
+      'ENOSIM',
+      `the restore simulator is not installed (looked in ${tried.join(', ')}): ` +
+        'install the platform package with lazy-pages, or run `npm run build:sim` in a source checkout',
+    );
+  }
+  return path;
 }
 
 export interface SimLatency {
