@@ -21,9 +21,9 @@ test('a wrong option is one line naming it, exit code 1', (t) => {
     [['daemon', '-D', '/tmp', '--bogus'], /Unknown argument: bogus/],
     [['daemon', '-D', '/tmp', '-v9'], /--verbosity/],
     [['daemon', '-D', '/tmp', '-v', '9'], /--verbosity/],
-    [['daemon', '-D', '/tmp', '--chunk', 'abc'], /^lazy-pages: --chunk: must be a number$/m],
-    [['daemonn', '-D', '/tmp'], /^lazy-pages: unknown command "daemonn" \(did you mean daemon\?\): see --help$/m],
-    [['zzzzzz'], /^lazy-pages: unknown command "zzzzzz": see --help$/m],
+    [['daemon', '-D', '/tmp', '--chunk', 'abc'], /^lazy-pages: --chunk: must be a number \(EOPTION\)$/m],
+    [['daemonn', '-D', '/tmp'], /^lazy-pages: unknown command "daemonn" \(did you mean daemon\?\): see --help \(EOPTION\)$/m],
+    [['zzzzzz'], /^lazy-pages: unknown command "zzzzzz": see --help \(EOPTION\)$/m],
   ] as const) {
     const r = cli([...args]);
     t.is(r.status, 1, `${args.join(' ')}: ${r.stderr}`);
@@ -102,7 +102,7 @@ test('--events writes every event as a JSON line, ending with "done" and its sum
   // An fd that is not open is refused up front, naming the option.
   const bad = cli(['daemon', '-D', ck.dir, '-W', wd, '--events', '97']);
   t.is(bad.status, 1);
-  t.regex(bad.stderr, /^lazy-pages: --events 97: fd 97 is not open$/m);
+  t.regex(bad.stderr, /^lazy-pages: --events 97: fd 97 is not open \(EOPTION\)$/m);
 });
 
 test('regression: demo and bench without the simulator exit 1 at once, naming it (they hung, with the daemon running)', (t) => {
@@ -111,7 +111,7 @@ test('regression: demo and bench without the simulator exit 1 at once, naming it
   for (const args of [['demo'], ['bench', '--runs', '1', '--no-bulk', '--no-remote']]) {
     const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 60_000, env });
     t.is(r.status, 1, `${args[0]}: ${r.signal ?? ''} ${r.stderr}`);
-    t.regex(r.stderr, /^lazy-pages: the restore simulator is not built \(\/nonexistent\/restore-sim\)/m);
+    t.regex(r.stderr, /^lazy-pages: the restore simulator LAZY_PAGES_SIM=\/nonexistent\/restore-sim does not exist \(ENOSIM\)$/m);
   }
   t.deepEqual(readdirSync(tmpdir()).filter((f) => f.startsWith('lazy-pages-demo-') && !before.has(f)), [], 'no checkpoint left behind');
 });

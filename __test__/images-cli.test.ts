@@ -72,7 +72,7 @@ test('synth then inspect through the CLI', async (t) => {
 test('bad input: one line, exit 1, no stack trace', async (t) => {
   const r = await run(t, ['inspect', '-D', path.join(fixturesDir, 'single-anon', 'pstree.img')]);
   t.is(r.code, 1);
-  t.regex(r.stderr, /^lazy-pages: .*pstree\.img: at byte 0: not a directory\n$/);
+  t.regex(r.stderr, /^lazy-pages: .*pstree\.img: at byte 0: not a directory \(EBADIMAGE\)\n$/);
   const s = await run(t, ['synth', '--out', '/tmp/never', '--size', 'lots']);
   t.is(s.code, 1);
   t.regex(s.stderr, /^lazy-pages: --size: cannot read "lots"/);

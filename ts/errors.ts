@@ -11,3 +11,11 @@ export class UserError extends Error {
     this.code = code;
   }
 }
+
+/**
+ * How the CLI shows a UserError: its message, then its code in parentheses, the same code the
+ * library's error carries and `daemon --events` writes (the README lists them all).
+ */
+export function describeUserError(e: UserError): string {
+  return `${e.message} (${e.code})`;
+}

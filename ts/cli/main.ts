@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import yargs from 'yargs';
-import { UserError } from '../errors.js';
+import { describeUserError, UserError } from '../errors.js';
 import { packageRoot } from '../package-root.js';
 import { commands } from './commands/index.js';
 import { writeQuietly } from './log.js';
@@ -63,7 +63,7 @@ export async function main(argv: string[]): Promise<void> {
   } catch (e) {
     if (e instanceof UserError) {
       // Raw fd writes: stderr may be a pipe whose reader is gone (EPIPE must not become a crash).
-      writeQuietly(2, `lazy-pages: ${e.message}\n`);
+      writeQuietly(2, `lazy-pages: ${describeUserError(e)}\n`);
       process.exitCode = 1;
       return;
     }

@@ -11,7 +11,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { z } from 'zod';
 
 import { startLazyPagesDaemon, type LazyPagesDaemon } from '../../daemon/daemon.js';
-import { UserError } from '../../errors.js';
+import { describeUserError, UserError } from '../../errors.js';
 import { EventStream } from '../event-stream.js';
 import { LogSink, openLogFile, readNoFollow } from '../log.js';
 import { validate } from '../options.js';
@@ -148,7 +148,7 @@ async function runDaemon(o: DaemonCliOptions, rawArgs: string[]): Promise<void> 
       );
     }
     // The CLI prints this on stderr; a detached daemon's stderr goes nowhere, so its log says it too.
-    if (sink.file && err instanceof Error) sink.write(`lazy-pages: ${err.message}\n`);
+    if (sink.file && err instanceof Error) sink.write(`lazy-pages: ${err instanceof UserError ? describeUserError(err) : err.message}\n`);
     events?.write({ type: 'failed', code: err instanceof UserError ? err.code : 'EINTERNAL', message: err instanceof Error ? err.message : String(err) });
     throw err;
   } finally {
