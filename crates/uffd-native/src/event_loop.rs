@@ -399,9 +399,11 @@ fn epoll_del(ep: RawFd, fd: RawFd) {
 }
 
 fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-  // SAFETY: plain syscall; checked.
+  // SAFETY: pidfd_open(2) takes a pid and flags by value (no pointers); a negative result is never used as
+  // an fd (checked below).
   let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
-  // SAFETY: fresh fd when r >= 0.
+  // SAFETY: only when r >= 0, so `r` is the new pidfd the kernel just returned: open, and owned by nothing
+  // else that could close it.
   (r >= 0).then(|| unsafe { OwnedFd::from_raw_fd(r) })
 }
 
@@ -601,17 +603,11 @@ impl Loop {
         if let Err(e) = epoll_add(self.ep.as_raw_fd(), uffd.raw(), token(TOK_UFFD, proc_id)) {
           self.out.push(Out::Error { proc_id: Some(proc_id), message: format!("event loop: cannot watch uffd: {e}") });
         }
-        let mut pidfd = None;
-        if pid > 0 {
-          match pidfd_open(pid) {
-            Some(fd) => {
-              let _ = epoll_add(self.ep.as_raw_fd(), fd.as_raw_fd(), token(TOK_PIDFD, proc_id));
-              pidfd = Some(fd);
-            }
-            // Gone already, or a pid of another namespace: do not guess. Its exit then shows as ESRCH
-            // on the next copy (a wrong "exit" would close the uffd of a live process).
-            None => {}
-          }
+        // No pidfd (gone already, or a pid of another namespace): do not guess. Its exit then shows as
+        // ESRCH on the next copy (a wrong "exit" would close the uffd of a live process).
+        let pidfd = if pid > 0 { pidfd_open(pid) } else { None };
+        if let Some(fd) = &pidfd {
+          let _ = epoll_add(self.ep.as_raw_fd(), fd.as_raw_fd(), token(TOK_PIDFD, proc_id));
         }
         counters.paused.store(true, Ordering::Relaxed);
         self.procs.insert(

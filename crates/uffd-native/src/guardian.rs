@@ -129,7 +129,8 @@ fn start() -> Result<Client, GuardianError> {
   let until = std::time::Instant::now() + READY_WITHIN;
   let ready = loop {
     let left = until.saturating_duration_since(std::time::Instant::now()).as_millis() as i32;
-    // SAFETY: one valid pollfd.
+    // SAFETY: `p` is one initialized pollfd living across the call, and nfds is 1, so poll(2) touches
+    // nothing else.
     let r = unsafe { libc::poll(&mut p, 1, left) };
     if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted && left > 0 {
       continue;

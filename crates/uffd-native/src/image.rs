@@ -57,9 +57,11 @@ pub struct Mapping {
   pieces: AtomicU32,
 }
 
-// SAFETY: the mapping is PROT_READ and never written, so sharing the pointer between threads is sound.
+// SAFETY: `ptr` (the only field that is not Send) owns a PROT_READ mapping no thread writes; it is not tied
+// to the thread that made it, and only `Drop` (which has the value to itself) unmaps it.
 unsafe impl Send for Mapping {}
-// SAFETY: as above: read-only memory.
+// SAFETY: through `&Mapping` the mapping is only read (it is PROT_READ, so no code can write it), and it
+// stays mapped while any reference exists; the other fields (File, AtomicU32) are Sync themselves.
 unsafe impl Sync for Mapping {}
 
 impl Drop for Mapping {

@@ -528,7 +528,7 @@ impl EventLoop {
 }
 
 fn page_multiple(v: u64, what: &'static str) -> Result<u64> {
-  if v % PAGE != 0 {
+  if !v.is_multiple_of(PAGE) {
     return Err(to_napi(ArgError::Invalid(format!("{what}: must be a multiple of 4096, got {v}"))));
   }
   Ok(v)
@@ -587,6 +587,8 @@ impl EventLoop {
 
   /// Copies `len` bytes of image `imageId` at `fileOffset` to `dst`, in pieces; completes with a `done` event.
   #[napi]
+  // The parameters are the JS method's positional arguments (napi maps each one to one), called from
+  // ts/native on every request: a struct here would only mean an options object to build in JS.
   #[allow(clippy::too_many_arguments)]
   pub fn copy(
     &self,
@@ -719,6 +721,8 @@ impl EventLoop {
   /// copies them to `dst` (same rules as `copy`: stale gen, pieces, EEXIST pages skipped); completes with
   /// `done` (`error` if the source fails first).
   #[napi]
+  // The parameters are the JS method's positional arguments (napi maps each one to one), called from
+  // ts/native on every request: a struct here would only mean an options object to build in JS.
   #[allow(clippy::too_many_arguments)]
   pub fn fetch(
     &self,

@@ -718,7 +718,7 @@ mod tests {
   fn reply(pid: u32, vaddr: u64, pages: u64, fill: u8) -> Vec<u8> {
     let mut v =
       Header { cmd: crate::pagewire::REPLY_CMD, nr_pages: pages, vaddr, dst_id: pid as u64 }.encode().to_vec();
-    v.extend(std::iter::repeat(fill).take((pages * PAGE) as usize));
+    v.extend(std::iter::repeat_n(fill, (pages * PAGE) as usize));
     v
   }
 

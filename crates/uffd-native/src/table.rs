@@ -96,7 +96,7 @@ pub struct Table {
 impl Table {
   /// Parses and validates `words`; `image_size(id)` returns the size of a loaded image (None if unknown).
   pub fn parse(words: &[u64], image_size: &dyn Fn(u64) -> Option<u64>) -> Result<Table, TableError> {
-    if words.len() % WORDS != 0 {
+    if !words.len().is_multiple_of(WORDS) {
       return Err(TableError::BadLength(words.len()));
     }
     let mut entries = Vec::with_capacity(words.len() / WORDS);
@@ -105,7 +105,7 @@ impl Table {
       if le <= ls {
         return Err(TableError::Empty(i));
       }
-      if ls % PAGE != 0 || le % PAGE != 0 || is % PAGE != 0 || off % PAGE != 0 {
+      if !ls.is_multiple_of(PAGE) || !le.is_multiple_of(PAGE) || !is.is_multiple_of(PAGE) || !off.is_multiple_of(PAGE) {
         return Err(TableError::Unaligned(i));
       }
       let kind = match kind {
@@ -121,7 +121,7 @@ impl Table {
       }
       if kind == Kind::File {
         let size = image_size(id).ok_or(TableError::UnknownImage(i, id))?;
-        let end = off.checked_add(le - ls).unwrap_or(u64::MAX);
+        let end = off.saturating_add(le - ls);
         if end > size {
           return Err(TableError::PastImage(i, end, size));
         }

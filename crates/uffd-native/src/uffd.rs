@@ -257,7 +257,8 @@ impl Uffd {
   /// # Safety
   /// `fd` must be an open userfaultfd owned by nobody else.
   pub unsafe fn from_raw_uffd(fd: RawFd) -> Uffd {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: the caller guarantees (# Safety above) that `fd` is open and owned by nobody else, which is
+    // all `from_raw_fd` needs: the fd is closed once, when the returned `Uffd` drops.
     Uffd { fd: unsafe { OwnedFd::from_raw_fd(fd) } }
   }
 
@@ -341,7 +342,8 @@ fn probe_features() -> Option<u64> {
 /// What this process may do with userfaultfd: the features the kernel offers it (UFFDIO_API asked for
 /// none), or the errno of `userfaultfd(2)` / `UFFDIO_API` (EPERM: not allowed to this user).
 pub fn probe() -> Result<u64, i32> {
-  // SAFETY: plain syscall; the result is checked.
+  // SAFETY: userfaultfd(2) takes only flags (no pointers); a negative result is returned as an error below,
+  // never used as an fd.
   let raw = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) } as RawFd;
   if raw < 0 {
     return Err(last_errno());

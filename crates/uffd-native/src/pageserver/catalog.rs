@@ -33,13 +33,13 @@ impl Catalog {
   /// Adds the runs of `pid` from `[start, end, imageId, fileOffset]*` words. Errors name the pid and run
   /// index: a bad table is a programming error in the caller, but must not turn into a wrong page served.
   pub fn add_pid(&mut self, pid: u32, words: &[u64]) -> Result<(), String> {
-    if words.len() % 4 != 0 {
+    if !words.len().is_multiple_of(4) {
       return Err(format!("catalog of pid {pid}: {} words is not a whole number of 4-word runs", words.len()));
     }
     let mut runs = Vec::with_capacity(words.len() / 4);
     for (i, w) in words.chunks_exact(4).enumerate() {
       let r = Run { start: w[0], end: w[1], image: w[2] as usize, offset: w[3] };
-      if r.start >= r.end || r.start % PAGE != 0 || r.end % PAGE != 0 {
+      if r.start >= r.end || !r.start.is_multiple_of(PAGE) || !r.end.is_multiple_of(PAGE) {
         return Err(format!(
           "catalog of pid {pid}: run {i} 0x{:x}-0x{:x} is empty or not page aligned",
           r.start, r.end

@@ -114,7 +114,7 @@ pub fn check_header(h: &Header, offset: u64) -> Result<(), End> {
   if h.nr_pages == 0 || h.nr_pages > MAX_NR_PAGES {
     return Err(End::new(Reason::BadRequest, format!("GET nr_pages {} is outside 1..{MAX_NR_PAGES}{at}", h.nr_pages)));
   }
-  if h.vaddr % 4096 != 0 {
+  if !h.vaddr.is_multiple_of(4096) {
     return Err(End::new(Reason::BadRequest, format!("GET vaddr 0x{:x} is not page aligned{at}", h.vaddr)));
   }
   if h.dst_id == 0 || h.dst_id > 0x7fff_ffff {
