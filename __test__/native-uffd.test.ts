@@ -1,5 +1,5 @@
 // Real-kernel tests of the hand-over socket and direct uffd ioctls, against the C test peer.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { openSync, closeSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { HandoverListener, NativeError, PageImage, Uffd, type HandoverEvent } from '../ts/native/index.js';
@@ -7,7 +7,7 @@ import { Collector, PAGE, Peer, fnv, patternImage, tempDir } from './native-help
 
 const BASE = 0x5a0000000000n;
 
-async function handOver(t: Parameters<Parameters<typeof test>[1]>[0], base: bigint, pages: number) {
+async function handOver(t: ExecutionContext, base: bigint, pages: number) {
   const dir = tempDir(t);
   const events = new Collector<HandoverEvent>();
   const listener = HandoverListener.listen(dir, events.push);

@@ -108,12 +108,18 @@ function rawFrom(t: ExecutionContext, port: number, localAddress: string, host =
 /** A connection that speaks the protocol (TLS handshake done when the engine is TLS), from `localAddress`. */
 function speakerFrom(t: ExecutionContext, h: Harness, localAddress: string, host = '127.0.0.1'): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const s: net.Socket = h.pki
-      ? tls.connect({
+    let s: net.Socket;
+    if (h.pki) {
+      // tls.connect hands its options on to net.Socket#connect, which binds `localAddress`; tls's
+      // ConnectionOptions does not list it, so they are typed as both.
+      const opts: tls.ConnectionOptions & net.TcpNetConnectOpts = {
         host, port: h.srv.port, localAddress, ca: readFileSync(h.pki.ca), cert: readFileSync(h.pki.client.cert), key: readFileSync(h.pki.client.key),
         checkServerIdentity: () => undefined,
-      })
-      : net.connect({ host, port: h.srv.port, localAddress });
+      };
+      s = tls.connect(opts);
+    } else {
+      s = net.connect({ host, port: h.srv.port, localAddress });
+    }
     t.teardown(() => void s.destroy());
     s.once(h.pki ? 'secureConnect' : 'connect', () => resolve(s));
     s.once('error', reject);
@@ -435,7 +441,7 @@ test('a page server that trickles a byte at a time cannot hold a fetch past the 
     s.on('close', () => clearInterval(timer));
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise((r) => server.close(r)));
+  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
   const port = (server.address() as net.AddressInfo).port;
   const src = await RemotePageSource.connect({ address: '127.0.0.1', port, timeoutMs: 400 });
   t.teardown(() => src.close().catch(() => undefined));
