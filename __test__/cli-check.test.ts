@@ -7,6 +7,7 @@ import { join } from 'node:path';
 
 import { repoRoot } from './helpers/common.js';
 import { criuTest, findCriu } from './helpers/criu.js';
+import { skipUnless } from './helpers/skip.js';
 
 const bin = join(repoRoot, 'bin', 'lazy-pages.js');
 const root = process.getuid?.() === 0;
@@ -18,7 +19,7 @@ interface Report {
   items: { id: string; level: string; summary: string; hint?: string }[];
 }
 
-(root ? test : test.skip)('as root on this machine: userfaultfd and every needed event are there, exit 0; --json has schemaVersion 1', (t) => {
+skipUnless(root, 'not root')('as root on this machine: userfaultfd and every needed event are there, exit 0; --json has schemaVersion 1', (t) => {
   const r = spawnSync(process.execPath, [bin, 'check', '--json'], { encoding: 'utf8', timeout: 60_000 });
   t.is(r.status, 0, r.stderr);
   const rep = JSON.parse(r.stdout) as Report;
@@ -42,7 +43,7 @@ criuTest('the criu binary given is reported with its version', (t) => {
 });
 
 const hasSetpriv = spawnSync('sh', ['-c', 'command -v setpriv'], { stdio: 'ignore' }).status === 0;
-(root && hasSetpriv ? test : test.skip)('a user who may not use userfaultfd gets FAIL, what to do, and exit 1', (t) => {
+skipUnless(root, 'not root', skipUnless(hasSetpriv, 'no setpriv'))('a user who may not use userfaultfd gets FAIL, what to do, and exit 1', (t) => {
   // The package as that user can read it (the checkout may sit under a 0700 dir): bin, the bundle, the addon.
   const dir = mkdtempSync(join(tmpdir(), 'lazy-check-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));

@@ -11,6 +11,7 @@ import { startPageServer } from '../ts/pageserver/index.js';
 import { restore, simFailure, synth, tempDir } from './helpers/e2e.js';
 import { hasIp, makeNetnsPair, repoRoot, startCliServer } from './helpers/netns.js';
 import { hasOpenssl, makePki } from './helpers/pki.js';
+import { skipUnless } from './helpers/skip.js';
 import { layoutFor } from '../ts/sim/layout.js';
 import { startSimulator } from '../ts/sim/run.js';
 
@@ -79,7 +80,7 @@ test('one page server serves four restores of the same dump at once', async (t) 
   t.true(srv.sessions >= 4, `sessions ended: ${srv.sessions}`);
 });
 
-(hasOpenssl ? test : test.skip)('TLS with mutual authentication end to end', async (t) => {
+skipUnless(hasOpenssl, 'no openssl CLI')('TLS with mutual authentication end to end', async (t) => {
   const ck = await synth(t, { size: 2 * MiB });
   const pki = makePki(tempDir(t, 'pki-'));
   const srv = await startPageServer({ imagesDir: ck.dir, port: 0, tls: { cacert: pki.ca, cert: pki.server.cert, key: pki.server.key } });
@@ -113,7 +114,7 @@ test('the page server dies mid-transfer: the restore fails and every process is 
   t.true(r.sim.report?.processes.every((p) => p.killedBySignal === 9), simFailure(r));
 });
 
-(hasIp() ? test.serial : test.skip)('two hosts: page server in one network namespace, daemon in another, over a veth pair', async (t) => {
+skipUnless(hasIp(), 'no ip(8) (iproute2)', test.serial)('two hosts: page server in one network namespace, daemon in another, over a veth pair', async (t) => {
   const ck = await synth(t, { size: 8 * MiB, vmas: 2 });
   const ns = makeNetnsPair(t);
   const server = startCliServer(t, ['-D', ck.dir, '--address', ns.addr1, '--port', '0'], ['ip', 'netns', 'exec', ns.ns1]);

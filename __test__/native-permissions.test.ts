@@ -6,11 +6,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { repoRoot } from './helpers/common.js';
+import { skipUnless } from './helpers/skip.js';
 
 const hasSetpriv = spawnSync('sh', ['-c', 'command -v setpriv'], { stdio: 'ignore' }).status === 0;
 const root = process.getuid?.() === 0;
 
-(hasSetpriv && root ? test : test.skip)('regression: non-root with vm.unprivileged_userfaultfd=0 gets EPERM_UFFD naming the sysctl', (t) => {
+skipUnless(root, 'not root', skipUnless(hasSetpriv, 'no setpriv'))('regression: non-root with vm.unprivileged_userfaultfd=0 gets EPERM_UFFD naming the sysctl', (t) => {
   const sysctl = readFileSync('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').trim();
   // The user must be able to load the addon: the checkout may sit under a directory only root can
   // enter (a CI clone in a 0700 mktemp dir), so it loads a copy in a directory everyone can read.

@@ -22,10 +22,12 @@ import { RemotePageSource } from '../ts/pagesource/remote.js';
 import { hugeVmaCheckpoint } from './images-helpers.js';
 import { expectedPages, startCliServer, synthCheckpoint, tempDir } from './helpers/netns.js';
 import { hasOpenssl, makePki, type Pki } from './helpers/pki.js';
+import { skipUnless, type Register } from './helpers/skip.js';
 
 type Engine = 'native' | 'tls';
-const ENGINES: Engine[] = hasOpenssl ? ['native', 'tls'] : ['native'];
-if (!hasOpenssl) test('the TLS engine tests need the openssl CLI (not found): skipped', (t) => t.pass());
+const ENGINES: Engine[] = ['native', 'tls'];
+/** test.serial for a test of `engine` (the TLS engine's tests make their certificates with openssl). */
+const serialFor = (engine: Engine): Register => skipUnless(engine !== 'tls' || hasOpenssl, 'no openssl CLI', test.serial);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -164,7 +166,7 @@ function checkReply(t: ExecutionContext, h: Harness, reply: Buffer, pages: numbe
 // ---------------------------------------------------------------------------------------- caps
 
 for (const engine of ENGINES) {
-  test.serial(`[${engine}] 200 idle connections from one peer: the per-peer cap closes the excess and a legitimate client is served`, async (t) => {
+  serialFor(engine)(`[${engine}] 200 idle connections from one peer: the per-peer cap closes the excess and a legitimate client is served`, async (t) => {
     const h = await harness(t, engine); // the defaults: 64 in total, 8 per peer
     const conns: Raw[] = [];
     // In batches, so no SYN is dropped for a full backlog (a dropped one is retried a second later).
@@ -185,7 +187,7 @@ for (const engine of ENGINES) {
     t.is(conns.filter((c) => c.closed()).length, 192);
   });
 
-  test.serial(`[${engine}] connections over the total cap are closed at once; a freed slot is used again`, async (t) => {
+  serialFor(engine)(`[${engine}] connections over the total cap are closed at once; a freed slot is used again`, async (t) => {
     const h = await harness(t, engine, { maxConnections: 4, maxPerPeer: 0 });
     const conns: Raw[] = [];
     for (const a of ['127.0.0.3', '127.0.0.4', '127.0.0.5', '127.0.0.6']) conns.push(await rawFrom(t, h.srv.port, a));
@@ -213,7 +215,7 @@ for (const engine of ENGINES) {
 // ---------------------------------------------------------------------------------------- idle
 
 for (const engine of ENGINES) {
-  test.serial(`[${engine}] an idle connection is closed after the idle timeout`, async (t) => {
+  serialFor(engine)(`[${engine}] an idle connection is closed after the idle timeout`, async (t) => {
     const h = await harness(t, engine, { idleTimeoutMs: 300, stallTimeoutMs: 10_000 });
     const p = h.ck.processes[0]!;
     const v = p.vmas[0]!.start;
@@ -259,7 +261,7 @@ for (const engine of ENGINES) {
     }
   });
 
-  test.serial(`[${engine}] a session with a request in progress is not idle (a slow reader of a big reply)`, async (t) => {
+  serialFor(engine)(`[${engine}] a session with a request in progress is not idle (a slow reader of a big reply)`, async (t) => {
     const ck = await synthCheckpoint(t, { size: 32 << 20, vmas: 1 });
     const h = await harness(t, engine, { idleTimeoutMs: 300, stallTimeoutMs: 10_000 }, ck);
     const p = ck.processes[0]!;
@@ -279,7 +281,7 @@ for (const engine of ENGINES) {
 // ---------------------------------------------------------------------------------------- --allow
 
 for (const engine of ENGINES) {
-  test.serial(`[${engine}] --allow 127.0.0.2/32 refuses 127.0.0.1`, async (t) => {
+  serialFor(engine)(`[${engine}] --allow 127.0.0.2/32 refuses 127.0.0.1`, async (t) => {
     const h = await harness(t, engine, { allow: ['127.0.0.2/32'] });
     const intruder = await rawFrom(t, h.srv.port, '127.0.0.1');
     await intruder.whenClosed;
@@ -302,7 +304,7 @@ const hasIpv6Loopback = (() => {
   const r = spawnSync('ip', ['-6', 'addr', 'show', 'lo'], { encoding: 'utf8' });
   return r.status === 0 && r.stdout.includes('::1/128');
 })();
-(hasIpv6Loopback ? test.serial : test.serial.skip)('[native] --allow with IPv6: ::1/128 serves ::1, fd00::/8 refuses it', async (t) => {
+skipUnless(hasIpv6Loopback, 'no IPv6 ::1 on lo', test.serial)('[native] --allow with IPv6: ::1/128 serves ::1, fd00::/8 refuses it', async (t) => {
   const h = await harness(t, 'native', { address: '::1', allow: ['::1/128'] });
   const p = h.ck.processes[0]!;
   const s = await speakerFrom(t, h, '::1', '::1');
@@ -333,7 +335,7 @@ test('a bad --allow is refused before anything listens, naming it', async (t) =>
 // ---------------------------------------------------------------------------------------- the warning
 
 const canUnshare = spawnSync('unshare', ['--net', 'true'], { stdio: 'ignore' }).status === 0;
-(canUnshare ? test.serial : test.serial.skip)('plain TCP on a non-loopback address without --allow warns', async (t) => {
+skipUnless(canUnshare, 'cannot unshare --net', test.serial)('plain TCP on a non-loopback address without --allow warns', async (t) => {
   const ck = await synthCheckpoint(t, { size: 1 << 20, vmas: 1 });
   // 0.0.0.0 inside a network namespace of this test's own: reachable from nowhere else.
   const run = async (args: string[]) => {
@@ -370,7 +372,7 @@ const fdCount = (pid: number) => Number(execFileSync('sh', ['-c', `ls /proc/${pi
 
 const canPrlimit = spawnSync('prlimit', ['--nofile=64', 'true'], { stdio: 'ignore' }).status === 0;
 for (const engine of ENGINES) {
-  (canPrlimit ? test.serial : test.serial.skip)(`[${engine}] EMFILE on accept does not spin a CPU and a client is served once fds free up`, async (t) => {
+  skipUnless(canPrlimit, 'prlimit --nofile does not work here', serialFor(engine))(`[${engine}] EMFILE on accept does not spin a CPU and a client is served once fds free up`, async (t) => {
     const ck = await synthCheckpoint(t, { size: 1 << 20, vmas: 1 });
     const pki = engine === 'tls' ? makePki(tempDir(t, 'ps-limits-pki-')) : undefined;
     const tlsArgs = pki ? ['--tls', '--tls-cacert', pki.ca, '--tls-cert', pki.server.cert, '--tls-key', pki.server.key] : [];

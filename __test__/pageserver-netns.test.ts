@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { hasIp, makeNetnsPair, repoRoot, startCliServer, synthCheckpoint } from './helpers/netns.js';
 import { killOnTeardown } from './helpers/common.js';
+import { skipUnless } from './helpers/skip.js';
 
 /** Runs a client script inside `ns`; resolves with its JSON line. The process is killed by pid in teardown. */
 function clientIn(t: import('ava').ExecutionContext, ns: string, o: { address: string; port: number; dir: string }): Promise<Record<string, unknown>> {
@@ -52,34 +53,32 @@ function clientIn(t: import('ava').ExecutionContext, ns: string, o: { address: s
   }));
 }
 
-if (!hasIp()) {
-  test('network namespace tests need `ip` (iproute2), which is missing: skipped', (t) => t.pass());
-} else {
-  test.serial('page server in one namespace, client in another, over a veth pair', async (t) => {
-    const ck = await synthCheckpoint(t, { size: 8 << 20, vmas: 3, procs: 2 });
-    const net = makeNetnsPair(t);
-    const srv = startCliServer(t, ['-D', ck.dir, '--address', net.addr1, '--port', '0', '--sessions', '1'], ['ip', 'netns', 'exec', net.ns1]);
-    const port = await srv.port;
-    const r = await clientIn(t, net.ns2, { address: net.addr1, port, dir: ck.dir });
-    t.true(r.ok, String(r.error));
-    t.is(r.mismatches, 0);
-    t.is(r.bytes, 2 * (8 << 20));
-    const end = await srv.exit;
-    t.is(end.code, 0, end.stderr);
-  });
+const netnsTest = skipUnless(hasIp(), 'no ip(8) (iproute2)', test.serial);
 
-  test.serial('by default the page server listens on 127.0.0.1 only: another namespace cannot reach it', async (t) => {
-    const ck = await synthCheckpoint(t, { size: 1 << 20, vmas: 1 });
-    const net = makeNetnsPair(t);
-    const srv = startCliServer(t, ['-D', ck.dir, '--port', '0'], ['ip', 'netns', 'exec', net.ns1]);
-    const port = await srv.port;
-    const r = await clientIn(t, net.ns2, { address: net.addr1, port, dir: ck.dir });
-    t.false(r.ok);
-    t.is(r.code, 'EPAGESERVER');
-    t.regex(String(r.error), new RegExp(`^page server ${net.addr1.replace(/\./g, '\\.')}:${port}: cannot connect: .*ECONNREFUSED`));
-    // SIGTERM ends the server cleanly.
-    srv.child.kill('SIGTERM');
-    const end = await srv.exit;
-    t.is(end.code, 0, end.stderr);
-  });
-}
+netnsTest('page server in one namespace, client in another, over a veth pair', async (t) => {
+  const ck = await synthCheckpoint(t, { size: 8 << 20, vmas: 3, procs: 2 });
+  const net = makeNetnsPair(t);
+  const srv = startCliServer(t, ['-D', ck.dir, '--address', net.addr1, '--port', '0', '--sessions', '1'], ['ip', 'netns', 'exec', net.ns1]);
+  const port = await srv.port;
+  const r = await clientIn(t, net.ns2, { address: net.addr1, port, dir: ck.dir });
+  t.true(r.ok, String(r.error));
+  t.is(r.mismatches, 0);
+  t.is(r.bytes, 2 * (8 << 20));
+  const end = await srv.exit;
+  t.is(end.code, 0, end.stderr);
+});
+
+netnsTest('by default the page server listens on 127.0.0.1 only: another namespace cannot reach it', async (t) => {
+  const ck = await synthCheckpoint(t, { size: 1 << 20, vmas: 1 });
+  const net = makeNetnsPair(t);
+  const srv = startCliServer(t, ['-D', ck.dir, '--port', '0'], ['ip', 'netns', 'exec', net.ns1]);
+  const port = await srv.port;
+  const r = await clientIn(t, net.ns2, { address: net.addr1, port, dir: ck.dir });
+  t.false(r.ok);
+  t.is(r.code, 'EPAGESERVER');
+  t.regex(String(r.error), new RegExp(`^page server ${net.addr1.replace(/\./g, '\\.')}:${port}: cannot connect: .*ECONNREFUSED`));
+  // SIGTERM ends the server cleanly.
+  srv.child.kill('SIGTERM');
+  const end = await srv.exit;
+  t.is(end.code, 0, end.stderr);
+});

@@ -12,10 +12,10 @@ import { encodeGet } from '../ts/pagesource/protocol.js';
 import { RemotePageSource } from '../ts/pagesource/remote.js';
 import { expectedPages, synthCheckpoint, tempDir } from './helpers/netns.js';
 import { hasOpenssl, makePki } from './helpers/pki.js';
+import { skipUnless } from './helpers/skip.js';
 
 
-const tlsTest = hasOpenssl ? test.serial : test.serial.skip;
-if (!hasOpenssl) test('TLS tests need the openssl CLI (not found): skipped', (t) => t.pass());
+const tlsTest = skipUnless(hasOpenssl, 'no openssl CLI', test.serial);
 
 tlsTest('mutual TLS: a client with a CA-signed cert is served; one without a cert or from another CA is refused', async (t) => {
   const pki = makePki(tempDir(t, 'ps-pki-'));

@@ -13,6 +13,7 @@ import type { DaemonEvent } from '../ts/daemon/events.js';
 import { UserError } from '../ts/errors.js';
 import { bin, startCliDaemon, startSim, waitFor } from './helpers/cli.js';
 import { synth, tempDir } from './helpers/e2e.js';
+import { skipUnless } from './helpers/skip.js';
 
 const MiB = 1 << 20;
 const NOBODY = 65534;
@@ -20,7 +21,7 @@ const root = process.getuid?.() === 0;
 /** The system's python (a per-user install, e.g. pyenv under /root, is not runnable by nobody). */
 const PYTHON = '/usr/bin/python3';
 const hasSetpriv = spawnSync('sh', ['-c', `command -v setpriv && test -x ${PYTHON}`], { stdio: 'ignore' }).status === 0;
-const asRoot = root && hasSetpriv ? test : test.skip;
+const asRoot = skipUnless(root, 'not root', skipUnless(hasSetpriv, `no setpriv or no ${PYTHON}`));
 
 /**
  * A local attacker's peer, in Python (it needs SCM_RIGHTS and raw syscalls). `hold`: connect, send a
