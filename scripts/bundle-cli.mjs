@@ -25,6 +25,9 @@ await build({
   // yargs' CommonJS build: its help wraps at words (wrap-ansi), where the ES module build's own wrap
   // cut words in two ("criu lazy-pag es").
   alias: { yargs: './node_modules/yargs/index.cjs' },
+  // Vega (bench plots) is never loaded from the bundle: a worker thread imports it from node_modules
+  // (dist/bench/plot-render.js; ts/bench/plot.ts says why). Bundled, it would be ~1 MB more to load.
+  external: ['vega'],
 });
 // The ES module bundle of earlier builds is no longer used.
 rmSync('dist/cli.bundle.mjs', { force: true });

@@ -3,7 +3,7 @@
  * reported as ratios to it, measured in the same run, because the machine is shared and noisy.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot } from '../package-root.js';
@@ -13,10 +13,46 @@ const repoRoot = packageRoot;
 /** Where floor.c is looked for when --floor is not given. */
 export const DEFAULT_FLOOR_SOURCE = join(repoRoot, 'bench', 'floor.c');
 
+/**
+ * The floor's raw latencies: floor.c prints only percentiles of its timed touches, computed after
+ * it sorts them with qsort(). Built from source, floor.c is compiled unchanged with its qsort
+ * renamed to this function (-Dqsort=...), which first writes the array it is given (the latencies,
+ * u64 ns each, as restore-sim --latencies does) to $LAZY_PAGES_FLOOR_LATENCIES, then sorts it with
+ * the real qsort. A floor given as a built binary has no tap: no floor histogram then.
+ */
+const TAP_SOURCE = `#undef qsort
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+void lazy_pages_floor_qsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *)) {
+    const char *f = getenv("LAZY_PAGES_FLOOR_LATENCIES");
+    if (f && *f && size == sizeof(uint64_t)) {
+        FILE *o = fopen(f, "ab");
+        if (o) {
+            fwrite(base, size, n, o);
+            fclose(o);
+        }
+    }
+    qsort(base, n, size, cmp);
+}
+`;
+
+/** One floor latency run: percentiles in µs and, when the floor was built with its tap, every sample (µs). */
+export interface FloorLatency {
+  p50: number;
+  p90: number;
+  p99: number;
+  p999: number;
+  faultsPerSec: number;
+  samplesUs?: Float64Array;
+}
+
 export class Floor {
   private constructor(
     private readonly bin: string,
     private readonly dir: string,
+    /** Built with the latency tap (TAP_SOURCE). */
+    readonly tapped: boolean,
   ) {}
 
   /** Build floor.c (or use a built binary) and generate its 64 MiB image. Undefined when not found. */
@@ -25,20 +61,24 @@ export class Floor {
     const dir = join(tmpdir(), `lazy-pages-floor-${process.pid}`);
     mkdirSync(dir, { recursive: true });
     let bin = source;
-    if (source.endsWith('.c')) {
+    const tapped = source.endsWith('.c');
+    if (tapped) {
       bin = join(dir, 'floor');
-      execFileSync('gcc', ['-O2', '-pthread', '-o', bin, source], { stdio: 'pipe' });
+      const tap = join(dir, 'latency-tap.c');
+      writeFileSync(tap, TAP_SOURCE);
+      execFileSync('gcc', ['-O2', '-pthread', '-Dqsort=lazy_pages_floor_qsort', '-o', bin, source, tap], { stdio: 'pipe' });
     }
     execFileSync(bin, ['gen', '-i', join(dir, 'floor-pages.img')], { stdio: 'pipe' });
-    return new Floor(bin, dir);
+    return new Floor(bin, dir, tapped);
   }
 
   /** One `floor run` with the given arguments; returns the parsed key=value fields of each R line. */
-  run(args: string[]): Record<string, number>[] {
+  run(args: string[], env?: NodeJS.ProcessEnv): Record<string, number>[] {
     const out = execFileSync(this.bin, ['run', ...args, '-i', join(this.dir, 'floor-pages.img')], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'pipe'],
       timeout: 120_000,
+      env: env ?? process.env,
     });
     return out
       .split('\n')
@@ -54,10 +94,18 @@ export class Floor {
       });
   }
 
-  /** Per-fault latency (µs) of one run: `-t lat -H proc -w poll -o ORDER`. */
-  latency(order: 'rand' | 'seq'): { p50: number; p90: number; p99: number; p999: number; faultsPerSec: number } {
-    const [r] = this.run(['-t', 'lat', '-H', 'proc', '-w', 'poll', '-o', order, '-n', '1']);
-    return { p50: r.p50, p90: r.p90, p99: r.p99, p999: r.p999, faultsPerSec: r.faults_per_s };
+  /** Per-fault latency (µs) of one run: `-t lat -H proc -w poll -o ORDER`; with the tap, every sample too. */
+  latency(order: 'rand' | 'seq'): FloorLatency {
+    const tapFile = join(this.dir, 'latencies.bin');
+    rmSync(tapFile, { force: true });
+    const env = this.tapped ? { ...process.env, LAZY_PAGES_FLOOR_LATENCIES: tapFile } : undefined;
+    const [r] = this.run(['-t', 'lat', '-H', 'proc', '-w', 'poll', '-o', order, '-n', '1'], env);
+    const res: FloorLatency = { p50: r.p50, p90: r.p90, p99: r.p99, p999: r.p999, faultsPerSec: r.faults_per_s };
+    if (this.tapped && existsSync(tapFile)) {
+      res.samplesUs = nsToUs(readFileSync(tapFile));
+      rmSync(tapFile, { force: true });
+    }
+    return res;
   }
 
   /**
@@ -83,6 +131,14 @@ export class Floor {
   cleanup(): void {
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** Raw latencies (u64 ns each, little-endian: restore-sim --latencies, the floor's tap) in µs. */
+export function nsToUs(raw: Buffer): Float64Array {
+  const n = Math.floor(raw.length / 8);
+  const us = new Float64Array(n);
+  for (let i = 0; i < n; i++) us[i] = Number(raw.readBigUInt64LE(i * 8)) / 1000;
+  return us;
 }
 
 /** Median of a list of numbers. */

@@ -3,12 +3,14 @@
  * simulator against the daemon, the same shape as the floor's test (one process, one region,
  * 4 KiB first touches). With `pageServer`, the pages come from a page server over loopback.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 
 import { startLazyPagesDaemon } from '../daemon/daemon.js';
 import type { Checkpoint } from '../images/index.js';
 import { layoutFor } from '../sim/layout.js';
 import { simulatorPath, startSimulator } from '../sim/run.js';
+import { nsToUs } from './floor.js';
 
 export interface LatencyRun {
   p50: number;
@@ -17,6 +19,8 @@ export interface LatencyRun {
   p999: number;
   faultsPerSec: number;
   faults: number;
+  /** With `samples`: the latency of every fault, µs (as many as `faults`). */
+  samplesUs?: Float64Array;
 }
 
 export interface LatencyOptions {
@@ -28,6 +32,8 @@ export interface LatencyOptions {
   count?: number;
   pageServer?: { address: string; port: number };
   pieceBytes?: number;
+  /** Also return every fault's latency (the simulator's --latencies). */
+  samples?: boolean;
 }
 
 /** One run of per-fault latency (µs) as the restored process sees it: time of each first touch. */
@@ -37,7 +43,8 @@ export async function lazyLatency(ck: Checkpoint, workDir: string, o: LatencyOpt
   const workload = o.count
     ? ['--workload', 'touch-random', '--count', String(o.count)]
     : ['--workload', 'touch-all'];
-  const sim = startSimulator(layoutFor(ck, workDir), [...workload, '--order', o.order, '--seed', String(o.seed)]);
+  const latFile = o.samples ? join(workDir, `latencies-${process.pid}-${o.seed}.bin`) : undefined;
+  const sim = startSimulator(layoutFor(ck, workDir), [...workload, '--order', o.order, '--seed', String(o.seed)], { latencies: latFile });
   try {
     const res = await sim.result;
     const p = res.report?.processes[0];
@@ -50,8 +57,10 @@ export async function lazyLatency(ck: Checkpoint, workDir: string, o: LatencyOpt
       p999: l.p999 / 1000,
       faultsPerSec: 1e9 / l.mean,
       faults: l.count,
+      ...(latFile ? { samplesUs: nsToUs(readFileSync(latFile)) } : {}),
     };
   } finally {
+    if (latFile) rmSync(latFile, { force: true });
     await sim.stop();
     await d.close('benchmark run ended');
     await gone(ck.processes.map((p) => p.pid));

@@ -15,13 +15,16 @@ import { join } from 'node:path';
 
 import { UserError } from '../../errors.js';
 import { Checkpoint, PAGE_SIZE, pageStats } from '../../images/index.js';
+import { histogramOf, histogramsDoc, mergeHistograms, type Histogram } from '../histogram.js';
+import { writeLatencyPlot } from '../plot.js';
+import { BENCH_SCHEMA_VERSION } from '../results-json.js';
 import { compile, packageRoot } from './compile.js';
 import { lazyDump, plainDump, waitGone } from './dump.js';
 import { locateCriu, type CriuBinary } from './locate-criu.js';
 import { BenchFailure, startProgram, type ProgramSpec } from './program.js';
 import { raisePipeMaxSize, withProcs, type Procs, type Tracked } from './procs.js';
 import { formatTable, machine, mediansOf, ratios, remoteFault, writeJson, type ReportContext } from './report.js';
-import { restoreRun, type DaemonKind, type RunResult, type RunSetup } from './restore-run.js';
+import { restoreRun, type DaemonKind, type Measured, type RunResult, type RunSetup } from './restore-run.js';
 
 export interface CriuBenchOptions {
   /** --criu value: a path, or '' to find one ($CRIU, then ../shared/criu/build.sh). */
@@ -33,6 +36,8 @@ export interface CriuBenchOptions {
   remote: boolean;
   criuV4: boolean;
   json?: string;
+  /** Write the touch latency CDFs here as SVG. */
+  plot?: string;
 }
 
 const PATTERN_SEED = 0x5eed;
@@ -84,6 +89,8 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
     ...(o.remote ? [{ daemon: 'ours', background: false } as Plan] : []),
   ];
   const runs: RunResult[] = [];
+  /** Per plan (label): the touch and fault latency histogram of each of its runs. */
+  const hists = new Map<string, { touch: Histogram[]; fault: Histogram[] }>(plans.map((p) => [label(p), { touch: [], fault: [] }]));
   const failures: { run: number; daemon: DaemonKind; background: boolean; error: string }[] = [];
   let lazyBytes = 0;
   let work = '';
@@ -103,10 +110,12 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
   });
 
   /** One run; a failure is reported at once, recorded, and the other runs go on. */
-  async function attempt(i: number, p: Plan, run: () => Promise<RunResult>): Promise<void> {
+  async function attempt(i: number, p: Plan, run: () => Promise<Measured>): Promise<void> {
     try {
-      const r = await run();
+      const { result: r, touchUs, faultUs } = await run();
       runs.push(r);
+      hists.get(label(p))!.touch.push(histogramOf(touchUs));
+      hists.get(label(p))!.fault.push(histogramOf(faultUs));
       say(`run ${i + 1}/${o.runs} ${label(p).padEnd(22)} ${describe(r)}`);
     } catch (e) {
       if (!(e instanceof BenchFailure)) throw e;
@@ -167,8 +176,13 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
       `during the background stream ${rf.duringBackgroundP50Us.toFixed(1)} µs: ${rf.ratio.toFixed(2)}× (issue #8 target ≤ 2×: ${rf.met ? 'met' : 'MISSED'})`);
   }
   say(`(every word of every run checked: ${runs.reduce((n, r) => n + r.wrongWords, 0)} wrong${failures.length ? `; ${failures.length} run(s) FAILED and are not in the medians` : ''})`);
+  const seriesOf = (metric: 'touch' | 'fault') =>
+    Object.fromEntries(
+      plans.map((p) => [p.daemon === 'criu' ? 'criu' : p.background ? 'ours' : 'oursNoBackground', { label: label(p), runs: hists.get(label(p))![metric] }]),
+    );
   if (o.json) {
     writeJson(o.json, {
+      schemaVersion: BENCH_SCHEMA_VERSION,
       date: new Date().toISOString(),
       machine: machine(),
       criu,
@@ -180,8 +194,27 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
       ratios: ratios(medians.ours, medians.criu),
       remoteFault: rf,
       failures,
+      histograms: histogramsDoc({
+        touch: { about: 'every timed first touch of the restored program (touches that found their page already in too), all processes', series: seriesOf('touch') },
+        fault: { about: 'the timed first touches that faulted (their page was not in yet)', series: seriesOf('fault') },
+      }),
     });
     say(`results written to ${o.json}`);
+  }
+  if (o.plot) {
+    await writeLatencyPlot(o.plot, {
+      title: `lazy-pages bench --criu: first-touch latency, CRIU ${criu.version} vs lazy-pages`,
+      subtitle: [
+        `${o.remote ? 'remote: pages from `criu dump --lazy-pages` over loopback' : 'local: pages from pages-*.img'}, ${o.tree ? 'a 3-process tree' : 'one process'}`,
+        `${sizeMiB} MiB, ${o.touches} random first touches per run (those that found their page in too)`,
+        `${o.runs} run${o.runs === 1 ? '' : 's'} of each daemon, merged; the CDF of the histograms in the JSON`,
+      ],
+      what: 'first touches',
+      series: Object.values(seriesOf('touch'))
+        .filter((s) => s.runs.length > 0)
+        .map((s) => ({ label: s.label, hist: mergeHistograms(s.runs) })),
+    });
+    say(`plot written to ${o.plot}`);
   }
   if (failures.length) {
     const f = failures[0];
@@ -212,7 +245,7 @@ async function remoteRun(
   p: Plan,
   touchSeed: number,
   gotLazyBytes: (b: number) => void,
-): Promise<RunResult> {
+): Promise<Measured> {
   const programDir = join(dir, 'program');
   const imagesDir = join(dir, 'images');
   mkdirSync(programDir, { recursive: true });

@@ -2,10 +2,10 @@
  * The report of `lazy-pages bench --criu`: medians per daemon, ours / CRIU per measure, a table for
  * people and everything (every run, the medians) as JSON.
  */
-import { writeFileSync } from 'node:fs';
 import { cpus, hostname, release } from 'node:os';
 
 import { median } from '../floor.js';
+import { writeResults } from '../results-json.js';
 import type { RunResult } from './restore-run.js';
 
 type NumKey = { [K in keyof RunResult]: RunResult[K] extends number | null ? K : never }[keyof RunResult];
@@ -110,5 +110,5 @@ export function machine(): Record<string, unknown> {
 }
 
 export function writeJson(file: string, data: unknown): void {
-  writeFileSync(file, `${JSON.stringify(data, null, 2)}\n`);
+  writeResults(file, data);
 }

@@ -79,6 +79,15 @@ export interface RunResult {
   perProcess: Record<string, string>[];
 }
 
+/** A run's numbers and its raw samples (for the histograms: not in RunResult, which goes to the JSON as is). */
+export interface Measured {
+  result: RunResult;
+  /** Every timed first touch, all processes, µs. */
+  touchUs: Float64Array;
+  /** The touches that faulted, µs. */
+  faultUs: Float64Array;
+}
+
 /** CLOCK_REALTIME now, in ns (to the µs). */
 function wallNs(): bigint {
   return BigInt(Math.round((performance.timeOrigin + performance.now()) * 1000)) * 1000n;
@@ -89,7 +98,7 @@ function pct(sorted: Float64Array, p: number): number {
   return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] : NaN;
 }
 
-export async function restoreRun(procs: Procs, s: RunSetup, r: RunSpec): Promise<RunResult> {
+export async function restoreRun(procs: Procs, s: RunSetup, r: RunSpec): Promise<Measured> {
   mkdirSync(r.workDir, { recursive: true });
   clearResults(s.programDir);
   writeGo(s.programDir, r.touchSeed);
@@ -112,7 +121,7 @@ export async function restoreRun(procs: Procs, s: RunSetup, r: RunSpec): Promise
     if (restore) await procs.stop(restore, 500);
   }
 
-  async function measured(): Promise<RunResult> {
+  async function measured(): Promise<Measured> {
     const daemonFailed = (what: string) =>
       new BenchFailure(`${daemon.name} ${what}: ${tail(log, 3) || '(no log)'}`);
     if (!(await statusByte(daemon, 60_000))) throw daemonFailed(`exited (${daemon.exit?.code ?? daemon.exit?.signal}) before it listened`);
@@ -168,7 +177,7 @@ export async function restoreRun(procs: Procs, s: RunSetup, r: RunSpec): Promise
       }
     })();
     const counts = r.daemon === 'criu' ? (s.criuV4 ? criuPageCounts(logText) : undefined) : oursPageCounts(logText);
-    return {
+    const result: RunResult = {
       daemon: r.daemon,
       background: r.background,
       touchSeed: r.touchSeed,
@@ -196,6 +205,7 @@ export async function restoreRun(procs: Procs, s: RunSetup, r: RunSpec): Promise
       wrongWords: num('wrong_words').reduce((a, b) => a + b, 0),
       perProcess: procsRes.map((p) => p.fields),
     };
+    return { result, touchUs: all, faultUs: faulting };
   }
 }
 

@@ -5,8 +5,11 @@
  *
  * `lazy-pages bench --criu [PATH]` (`npm run bench:criu`) runs only the comparison with CRIU's own
  * `criu lazy-pages` on real dumps and restores (ts/bench/criu/).
+ *
+ * Both keep the raw latency histograms in their JSON (ts/bench/histogram.ts) and can draw them as
+ * an SVG plot (--plot; ts/bench/plot.ts).
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
@@ -14,9 +17,12 @@ import { z } from 'zod';
 
 import { DEFAULT_FLOOR_SOURCE, Floor, median } from '../../bench/floor.js';
 import { runCriuBench } from '../../bench/criu/index.js';
+import { histogramOf, histogramsDoc, mergeHistograms } from '../../bench/histogram.js';
 import { benchImages } from '../../bench/images-bench.js';
 import { lazyBulk, lazyLatency, type LatencyRun } from '../../bench/lazy.js';
 import { serverProcess } from '../../bench/page-server-process.js';
+import { plotPath, writeLatencyPlot } from '../../bench/plot.js';
+import { BENCH_SCHEMA_VERSION, writeResults } from '../../bench/results-json.js';
 import { Checkpoint, writeSyntheticCheckpoint } from '../../images/index.js';
 import { parseSize, validate } from '../options.js';
 
@@ -28,6 +34,7 @@ const schema = z.object({
   bulk: z.boolean(),
   floor: z.string().min(1),
   json: z.string().min(1).optional(),
+  plot: z.string().min(1).optional(),
   remote: z.boolean(),
   chunk: z.number().int().min(4096).optional(),
 });
@@ -41,6 +48,7 @@ const criuSchema = z.object({
   remote: z.boolean(),
   criuV4: z.boolean(),
   json: z.string().min(1).optional(),
+  plot: z.string().min(1).optional(),
 });
 
 export const benchCommand: CommandModule<object, Record<string, unknown>> = {
@@ -54,7 +62,13 @@ export const benchCommand: CommandModule<object, Record<string, unknown>> = {
       .option('runs', { type: 'number', default: 5, describe: 'runs of each test (medians are reported); with --criu runs of each daemon' })
       .option('bulk', { type: 'boolean', default: true, describe: 'also measure the background drain (--no-bulk to skip)' })
       .option('floor', { type: 'string', default: DEFAULT_FLOOR_SOURCE, describe: 'floor.c (or a built floor binary)' })
-      .option('json', { type: 'string', describe: 'write the results here as JSON' })
+      .option('json', { type: 'string', describe: 'write the results here as JSON (schemaVersion 2), with the raw latency histograms under "histograms"' })
+      .option('plot', {
+        type: 'string',
+        describe:
+          'draw the latency distributions (CDFs of ours, the floor; with --criu of CRIU and ours) as an SVG plot here; ' +
+          'with --json FILE.json and no --plot: FILE.svg next to it (--no-plot for none)',
+      })
       .option('remote', { type: 'boolean', describe: 'also measure lazy pages from a page server over loopback (default; --no-remote to skip); with --criu: the remote variant instead of the local one' })
       .option('chunk', { type: 'number', describe: 'background request size in bytes' })
       .option('criu', { type: 'string', describe: 'compare with `criu lazy-pages` on real dumps and restores instead (PATH of criu, else $CRIU, else ../shared/criu/build.sh)' })
@@ -72,6 +86,7 @@ export const benchCommand: CommandModule<object, Record<string, unknown>> = {
         remote: argv.remote ?? false,
         criuV4: argv['criu-v4'],
         json: argv.json,
+        plot: plotPath(argv.plot as string | boolean | undefined, argv.json as string | undefined),
       });
       await runCriuBench(o, (s) => process.stdout.write(`${s}\n`));
       return;
@@ -81,6 +96,7 @@ export const benchCommand: CommandModule<object, Record<string, unknown>> = {
       size: parseSize((argv.size as string | undefined) ?? '64M'),
       remote: argv.remote ?? true,
       bulkSize: parseSize(argv['bulk-size'] as string),
+      plot: plotPath(argv.plot as string | boolean | undefined, argv.json as string | undefined),
     });
     await runBench(o);
   },
@@ -92,8 +108,10 @@ async function runBench(o: z.infer<typeof schema>): Promise<void> {
   const say = (s: string) => process.stdout.write(`${s}\n`);
   const floor = Floor.prepare(o.floor);
   if (!floor) say(`note: no floor at ${o.floor}: ratios are not reported (pass --floor path/to/floor.c)`);
+  else if (!floor.tapped) say(`note: the floor is a built binary (${o.floor}): its latencies are not in the histograms and the plot (pass --floor path/to/floor.c)`);
   const work = mkdtempSync(join(tmpdir(), 'lazy-pages-bench-'));
-  const results: Record<string, unknown> = { date: new Date().toISOString(), options: o };
+  const results: Record<string, unknown> = { schemaVersion: BENCH_SCHEMA_VERSION, date: new Date().toISOString(), options: o };
+  let histograms: ReturnType<typeof latencyHistograms> | undefined;
   const idx = await benchImages();
   results.imageIndex = idx;
   say(
@@ -109,7 +127,7 @@ async function runBench(o: z.infer<typeof schema>): Promise<void> {
     const theirs: ReturnType<Floor['latency']>[] = [];
     for (let i = 0; i < o.runs; i++) {
       if (floor) theirs.push(floor.latency(o.order));
-      ours.push(await lazyLatency(latCk, latDir, { order: o.order, seed: i + 1 }));
+      ours.push(await lazyLatency(latCk, latDir, { order: o.order, seed: i + 1, samples: true }));
       say(
         `run ${i + 1}/${o.runs}: lazy-pages p50 ${ours[i].p50.toFixed(1)} µs p99 ${ours[i].p99.toFixed(1)} µs` +
           (floor ? ` | floor p50 ${theirs[i].p50.toFixed(1)} µs p99 ${theirs[i].p99.toFixed(1)} µs` : ''),
@@ -122,6 +140,7 @@ async function runBench(o: z.infer<typeof schema>): Promise<void> {
       floor: floor ? Object.fromEntries([...pct, 'faultsPerSec'].map((k) => [k, med(theirs as never, k)])) : undefined,
     } as { faults: number; lazyPages: Record<string, number>; floor?: Record<string, number> };
     results.latency = latency;
+    histograms = latencyHistograms(ours, theirs);
 
     say('');
     say(`per-fault latency, ${o.order} order, ${(o.size / (1 << 20)).toFixed(0)} MiB, 4 KiB pages, background off (median of ${o.runs} runs)`);
@@ -187,10 +206,43 @@ async function runBench(o: z.infer<typeof schema>): Promise<void> {
     rmSync(work, { recursive: true, force: true });
     floor?.cleanup();
   }
+  results.histograms = histograms?.doc;
   if (o.json) {
-    writeFileSync(o.json, `${JSON.stringify(results, null, 2)}\n`);
+    writeResults(o.json, results);
     say(`results written to ${o.json}`);
   }
+  if (o.plot && histograms) {
+    await writeLatencyPlot(o.plot, {
+      title: `lazy-pages bench: per-fault latency, ${o.order} order, background off`,
+      subtitle: [
+        `lazy-pages: ${(o.size / (1 << 20)).toFixed(0)} MiB restored by the simulator; floor: floor.c, 64 MiB`,
+        `${o.runs} run${o.runs === 1 ? '' : 's'} of each, merged; the CDF of the histograms in the JSON`,
+      ],
+      what: 'faults',
+      series: histograms.plot,
+    });
+    say(`plot written to ${o.plot}`);
+  }
+}
+
+/**
+ * The fault latency histograms of the latency test: ours (the simulator's every fault) and the
+ * floor's (when it was built with its tap, floor.ts), each run and merged.
+ */
+function latencyHistograms(ours: LatencyRun[], theirs: { samplesUs?: Float64Array }[]) {
+  const runsOf = (xs: { samplesUs?: Float64Array }[]) => xs.flatMap((x) => (x.samplesUs ? [histogramOf(x.samplesUs)] : []));
+  const series = {
+    lazyPages: { label: 'lazy-pages', runs: runsOf(ours) },
+    floor: { label: 'floor', runs: runsOf(theirs) },
+  };
+  return {
+    doc: histogramsDoc({
+      fault: { about: 'per-fault latency of the latency test (every page touched once, background off), as the faulting process timed it', series },
+    }),
+    plot: Object.values(series)
+      .filter((s) => s.runs.length > 0)
+      .map((s) => ({ label: s.label, hist: mergeHistograms(s.runs) })),
+  };
 }
 
 /**
