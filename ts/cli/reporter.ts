@@ -47,6 +47,8 @@ export class Reporter {
         return this.line(3, `lazy-pages: pid ${e.pid} attached, ${e.lazyPages} lazy pages`);
       case 'zombie':
         return this.line(3, `lazy-pages: pid ${e.pid} is a zombie`);
+      case 'working-set':
+        return this.line(3, `lazy-pages: pid ${e.pid}: installing its working set first (${e.pages} pages in ${e.ranges} ranges)`);
       case 'restore-finished':
         return this.line(3, 'lazy-pages: restore finished, background transfer starts');
       case 'fork':

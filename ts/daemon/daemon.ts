@@ -21,6 +21,7 @@ import type { DaemonEvent, DaemonSummary, ProcessReport } from './events.js';
 import { descendantWithNsPid, descendsFrom, findNewChild, killQuietly, ownsLazyVmas, resolveTask, someoneListensOn, startTicks, youngerThanUs } from './identity.js';
 import { ProcessState } from './process-state.js';
 import { TsRemote } from './ts-remote.js';
+import { WorkingSets, type WorkingSetOptions } from './working-set.js';
 
 const PAGE = BigInt(PAGE_SIZE);
 export const SOCKET_NAME = 'lazy-pages.socket';
@@ -29,8 +30,10 @@ const IDENTIFY_RETRIES = 10;
 const IDENTIFY_RETRY_MS = 50;
 /** After a bad task in the hand-over, how long the rest of it is still read (to kill those tasks too). */
 const HANDOVER_DRAIN_MS = 1000;
+/** Requests kept queued per process while a working set is installed (its runs are small). */
+const WORKING_SET_DEPTH = 1024;
 
-export interface DaemonOptions {
+export interface DaemonOptions extends WorkingSetOptions {
   /** The checkpoint (`criu dump -D`). */
   imagesDir: string;
   /** Where `lazy-pages.socket` is created; CRIU's default is the images dir. */
@@ -225,6 +228,9 @@ class Daemon implements LazyPagesDaemon {
   private readonly tsRemote?: TsRemote;
   private readonly useGuardian: boolean;
   guardianPid?: number;
+  private readonly workingSets: WorkingSets;
+  /** Background requests are parked natively until "restore finished" (a working set queued early). */
+  private parked = false;
 
   constructor(
     private readonly checkpoint: Checkpoint,
@@ -239,6 +245,7 @@ class Daemon implements LazyPagesDaemon {
     this.queueDepth = Math.max(1, opts.queueDepth ?? 8);
     this.useGuardian = opts.guardian ?? true;
     if (opts.onEvent) this.listeners.add(opts.onEvent);
+    this.workingSets = new WorkingSets(opts, (message) => this.emit({ type: 'warning', message }));
     this.done = new Promise((res, rej) => {
       this.resolveDone = res;
       this.rejectDone = rej;
@@ -400,6 +407,18 @@ class Daemon implements LazyPagesDaemon {
         else this.unidentified.add(procId);
         this.install(st);
         this.emit({ type: 'attached', pid: ev.pid, lazyPages: st.index.totalPages });
+        const first = this.workingSets.attach(image);
+        if (first.length > 0) {
+          st.prioritize(first);
+          this.emit({ type: 'working-set', pid: ev.pid, pages: first.reduce((n, r) => n + r.pages, 0), ranges: first.length });
+          if (this.tsRemote === undefined && !this.nativeRemote) {
+            // Queued natively now, while the restore goes on (this thread has the CPU; once the program
+            // runs it competes for it), and run the moment the restore is finished.
+            if (!this.parked) this.loop.park();
+            this.parked = true;
+            this.loop.batch(() => this.queueBackground(st));
+          }
+        }
         return;
       }
       case 'zombie':
@@ -410,12 +429,17 @@ class Daemon implements LazyPagesDaemon {
         return;
       case 'finished': {
         if (this.handoverError) throw this.handoverError;
-        this.identify();
         this.finished = true;
+        if (this.parked) this.loop.unpark();
+        this.parked = false;
+        // The background (the working set first) is queued before anything else: the restored
+        // program may run from now on, and each millisecond here is a fault it takes instead.
+        this.pump();
         this.emit({ type: 'restore-finished' });
         this.listener?.close();
         this.listener = undefined;
-        this.pump();
+        // Scanning /proc for the tasks not identified at hand-over takes milliseconds: after the pump.
+        this.identify();
         return;
       }
       case 'refused':
@@ -487,6 +511,7 @@ class Daemon implements LazyPagesDaemon {
           for (let i = 0; i < ev.images.length; i++) {
             st.settleImageAt(ev.images[i]!, ev.lens[i]!);
             bytes += ev.lens[i]!;
+            if (this.workingSets.recording) this.workingSets.served(st.pid, ev.images[i]!, ev.lens[i]!);
           }
           const pages = bytes / PAGE_SIZE;
           st.counters.onDemandPages += pages;
@@ -661,7 +686,10 @@ class Daemon implements LazyPagesDaemon {
     // `bytes` counts only pages this request placed: pages found present (a fault beat us to them)
     // are skipped by the native core and are settled all the same.
     const got = Math.min(req.pages, Math.floor(Number(ev.bytes) / PAGE_SIZE));
-    if (req.urgent) st.counters.onDemandPages += got;
+    if (req.urgent) {
+      st.counters.onDemandPages += got;
+      if (this.workingSets.recording) this.workingSets.served(st.pid, Number(st.index.addrOfPage(req.firstPage)), req.pages * PAGE_SIZE);
+    }
     else st.counters.backgroundPages += got;
     st.counters.bytes += got * PAGE_SIZE;
     switch (ev.status) {
@@ -728,43 +756,52 @@ class Daemon implements LazyPagesDaemon {
 
   private pump(): void {
     if (this.ended) return;
-    if (this.finished) {
-      for (const st of this.states.values()) {
-        if (st.status !== 'serving') continue;
-        if (this.background) {
-          const remote = this.tsRemote !== undefined || this.nativeRemote;
-          while (st.inflightRequests < (remote ? this.remoteDepth : this.queueDepth)) {
-            // Local chunks run on over pages already present (skipped natively with EEXIST); remote
-            // ones do not: those pages would cross the network again.
-            const c = remote ? st.nextChunk(Math.min(this.chunkPages, 256)) : st.nextChunk(this.chunkPages, true);
-            if (!c) break;
-            const r = st.index.ranges[c.range];
-            st.pages.fly(c.firstPage, c.pages);
-            st.inflightRequests++;
-            if (r.location.kind === 'file') {
-              const reqId = this.submit({ st, firstPage: c.firstPage, pages: c.pages });
-              const fileOffset = r.location.offset + (c.image - r.start);
-              this.loop.copy(st.procId, reqId, st.gen, this.imageId(r.location.file), fileOffset, c.live, BigInt(c.pages) * PAGE, false);
-            } else if (this.nativeRemote) {
-              const reqId = this.submit({ st, firstPage: c.firstPage, pages: c.pages });
-              this.loop.fetch(st.procId, reqId, st.gen, st.pid, c.image, c.pages, c.live);
-            } else {
-              this.tsRemote!.background(st, c.firstPage, c.pages, c.image);
-            }
-          }
+    if (this.finished) this.loop.batch(() => this.pumpAll());
+    this.maybeFinish();
+  }
+
+  /** Queue background requests for every process up to its depth; a process with nothing owed is done. */
+  private pumpAll(): void {
+    for (const st of this.states.values()) {
+      if (st.status !== 'serving') continue;
+      this.queueBackground(st);
+      if (st.inflightRequests === 0 && (st.remaining === 0 || (this.background && !st.nextChunk(1)))) {
+        if (st.remaining > 0) {
+          this.emit({
+            type: 'warning',
+            message: `pid ${st.pid}: ${st.remaining} lazy pages are no longer mapped anywhere; nothing is owed for them`,
+          });
         }
-        if (st.inflightRequests === 0 && (st.remaining === 0 || (this.background && !st.nextChunk(1)))) {
-          if (st.remaining > 0) {
-            this.emit({
-              type: 'warning',
-              message: `pid ${st.pid}: ${st.remaining} lazy pages are no longer mapped anywhere; nothing is owed for them`,
-            });
-          }
-          this.processDone(st, 'done');
-        }
+        this.processDone(st, 'done');
       }
     }
-    this.maybeFinish();
+  }
+
+  /** Queue `st`'s next background requests (its working set first) up to its depth. */
+  private queueBackground(st: ProcessState): void {
+    const remote = this.tsRemote !== undefined || this.nativeRemote;
+    const depth = remote ? this.remoteDepth : this.queueDepth;
+    // A working set is many small runs: keep more of them queued so the native loop never waits for JS.
+    // It is installed with or without --no-background; the rest only with the background on.
+    while ((this.background || st.prioritizing) && st.inflightRequests < (st.prioritizing ? Math.max(depth, WORKING_SET_DEPTH) : depth)) {
+      // Local chunks run on over pages already present (skipped natively with EEXIST); remote
+      // ones do not: those pages would cross the network again.
+      const c = remote ? st.nextChunk(Math.min(this.chunkPages, 256)) : st.nextChunk(this.chunkPages, true);
+      if (!c) break;
+      const r = st.index.ranges[c.range];
+      st.pages.fly(c.firstPage, c.pages);
+      st.inflightRequests++;
+      if (r.location.kind === 'file') {
+        const reqId = this.submit({ st, firstPage: c.firstPage, pages: c.pages });
+        const fileOffset = r.location.offset + (c.image - r.start);
+        this.loop.copy(st.procId, reqId, st.gen, this.imageId(r.location.file), fileOffset, c.live, BigInt(c.pages) * PAGE, false);
+      } else if (this.nativeRemote) {
+        const reqId = this.submit({ st, firstPage: c.firstPage, pages: c.pages });
+        this.loop.fetch(st.procId, reqId, st.gen, st.pid, c.image, c.pages, c.live);
+      } else {
+        this.tsRemote!.background(st, c.firstPage, c.pages, c.image);
+      }
+    }
   }
 
   private report(st: ProcessState, outcome: ProcessReport['outcome']): ProcessReport {
@@ -851,6 +888,7 @@ class Daemon implements LazyPagesDaemon {
   }
 
   private teardown(complete = false): void {
+    this.workingSets.save();
     this.tsRemote?.close();
     this.listener?.close();
     this.listener = undefined;

@@ -24,6 +24,11 @@ export type DaemonEvent =
   | { type: 'attached'; pid: number; lazyPages: number }
   /** A zombie task was announced (no memory to serve). */
   | { type: 'zombie'; pid: number }
+  /**
+   * A working set recorded on an earlier restore fits this process: these pages are installed first,
+   * in the order they were first touched then.
+   */
+  | { type: 'working-set'; pid: number; pages: number; ranges: number }
   /** The restorer said "restore finished": background transfer may start. */
   | { type: 'restore-finished' }
   /** A process forked after the restore; the child is served from the same images. */

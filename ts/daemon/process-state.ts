@@ -200,9 +200,54 @@ export class ProcessState {
     this.narrowed.push([first, first + n]);
   }
 
-  /** Next owed, not-in-flight run of at most `maxPages`, in live order from the cursor. */
+  /** Recorded working-set runs to install before anything else (image addresses, first-touch order). */
+  private priority: { start: bigint; pages: number }[] = [];
+  private priorityAt = 0;
+
+  /** Install these runs first, in this order (a working set recorded on an earlier restore). */
+  prioritize(runs: readonly { start: bigint; pages: number }[]): void {
+    this.priority = runs.map((r) => ({ start: r.start, pages: r.pages }));
+    this.priorityAt = 0;
+  }
+
+  /** True while working-set runs are still to be requested. */
+  get prioritizing(): boolean {
+    return this.priorityAt < this.priority.length;
+  }
+
+  /** The next owed, not-in-flight pages of the working set, cut at live segments; advances past what it returns. */
+  private nextPriority(maxPages: number): BackgroundChunk | undefined {
+    while (this.priorityAt < this.priority.length) {
+      const w = this.priority[this.priorityAt]!;
+      const first = this.index.pageOf(w.start);
+      const run = first < 0 ? undefined : this.pages.nextRun(first, first + w.pages, maxPages);
+      if (!run || run[1] === 0) {
+        this.priorityAt++;
+        continue;
+      }
+      const image = this.index.addrOfPage(run[0]);
+      // Where that image address lives now (a remap moves it; an unmap leaves nothing owed there).
+      const seg = this.live.segments.find((s) => s.imageStart <= image && image < s.imageStart + (s.liveEnd - s.liveStart));
+      if (!seg) {
+        this.priorityAt++;
+        continue;
+      }
+      const pages = Math.min(run[1], Number((seg.imageStart + (seg.liveEnd - seg.liveStart) - image) / PAGE));
+      const next = image + BigInt(pages) * PAGE;
+      w.pages -= Number((next - w.start) / PAGE);
+      w.start = next;
+      if (w.pages <= 0) this.priorityAt++;
+      return { firstPage: run[0], pages, live: seg.liveStart + (image - seg.imageStart), image, range: seg.range };
+    }
+    return undefined;
+  }
+
+  /**
+   * Next owed, not-in-flight run of at most `maxPages`: the working set's first, then in live order
+   * from the cursor.
+   */
   nextChunk(maxPages: number, overSettled = false): BackgroundChunk | undefined {
-    const chunk = this.nextRun(maxPages, overSettled);
+    const chunk = this.nextPriority(maxPages) ?? this.nextRun(maxPages, overSettled);
     if (chunk && chunk.pages > 1 && this.narrowed.some(([a, b]) => chunk.firstPage < b && chunk.firstPage + chunk.pages > a)) {
       // Stop the chunk at the first narrowed page (or make it that one page).
       const cut = Math.min(...this.narrowed.filter(([a, b]) => chunk.firstPage < b && chunk.firstPage + chunk.pages > a).map(([a]) => a));

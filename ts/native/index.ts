@@ -458,6 +458,29 @@ export class EventLoop {
     const packed = entries instanceof BigUint64Array ? entries : packTable(entries);
     call(() => this.raw.installTable(procId, gen, packed, applied));
   }
+  /**
+   * Runs `fn`, whose requests are queued without waking the loop thread, then wakes it once: queueing
+   * many requests (a pump) does not hand the CPU to the loop thread once per request.
+   */
+  batch<T>(fn: () => T): T {
+    this.raw.hold();
+    try {
+      return fn();
+    } finally {
+      this.raw.release();
+    }
+  }
+  /**
+   * Background requests from now on are queued natively but not run until {@link unpark}: a working
+   * set is queued while the restore goes on and starts the moment it is finished.
+   */
+  park(): void {
+    this.raw.park();
+  }
+  /** Runs the parked background requests first, in the order they came. */
+  unpark(): void {
+    this.raw.unpark();
+  }
   /** Copies `len` bytes of image `imageId` at `fileOffset` to `dst` in pieces; completes with `done`. */
   copy(
     procId: number,

@@ -609,6 +609,31 @@ impl EventLoop {
     self.job(Job::new(proc_id, req_id, gen, Source::Image(img.clone(), off), dst, len, urgent))
   }
 
+  /// Queue the requests that follow without waking the loop thread, until `release` (one wake-up
+  /// for a whole pump instead of one per request).
+  #[napi]
+  pub fn hold(&self) {
+    self.handle.shared.hold();
+  }
+
+  /// Wake the loop thread once for what was queued since `hold`.
+  #[napi]
+  pub fn release(&self) {
+    self.handle.shared.release();
+  }
+
+  /// Background requests from now on wait, queued, until `unpark` (see `Cmd::Park`).
+  #[napi]
+  pub fn park(&self) {
+    self.handle.shared.send(Cmd::Park);
+  }
+
+  /// Runs the parked background requests first, in order, then the others.
+  #[napi]
+  pub fn unpark(&self) {
+    self.handle.shared.send(Cmd::Unpark);
+  }
+
   /// Copies `buf` to `dst`; completes with a `done` event.
   #[napi]
   pub fn copy_buffer(&self, proc_id: u32, req_id: u32, gen: u32, buf: Buffer, dst: BigInt, urgent: bool) -> Result<()> {

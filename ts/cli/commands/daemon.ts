@@ -35,8 +35,14 @@ const schema = z
     ...tlsFields,
     pageServerTimeout: z.number().int().min(100, 'must be at least 100 ms').default(10_000),
     events: z.string().min(1, 'must not be empty').optional(),
+    recordWorkingSet: z.string().min(1, 'must not be empty').optional(),
+    recordFor: z.number({ error: 'must be a number' }).positive('must be more than 0 seconds').optional(),
+    workingSet: z.string().min(1, 'must not be empty').optional(),
   })
   .superRefine((o, ctx) => {
+    if (o.recordFor !== undefined && o.recordWorkingSet === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['recordFor'], message: 'only makes sense with --record-working-set' });
+    }
     if (o.pageServer && o.port === undefined) ctx.addIssue({ code: 'custom', path: ['port'], message: 'is required with --page-server' });
     if (!o.pageServer && (o.address !== undefined || o.port !== undefined)) {
       ctx.addIssue({ code: 'custom', path: ['pageServer'], message: '--address/--port only make sense with --page-server' });
@@ -60,6 +66,9 @@ function builder(y: Argv) {
     .option('background', { type: 'boolean', describe: 'transfer untouched pages after "restore finished"', default: true })
     .option('chunk', { type: 'number', describe: 'largest background request in bytes (default 4 MiB)' })
     .option('page-server-timeout', { type: 'number', describe: 'ms without progress before the page server counts as dead (default 10000)' })
+    .option('record-working-set', { type: 'string', describe: 'record the pages served on demand, per process in first-touch order, into this file (written when the daemon ends)' })
+    .option('record-for', { type: 'number', describe: 'with --record-working-set: record only the first SECONDS after each process attached' })
+    .option('working-set', { type: 'string', describe: 'install the pages this recorded working set lists first, then the rest; a file that does not fit the checkpoint is reported and ignored' })
     .option('events', { type: 'string', describe: 'write every event as a JSON line to this fd number or file (relative to the work dir); the last line is "done" or "failed"' })
     .example('$0 daemon -D /var/ckpt -W /run/restore', 'serve a local checkpoint; then run `criu restore -D /var/ckpt --lazy-pages -W /run/restore`');
 }
@@ -121,6 +130,9 @@ async function runDaemon(o: DaemonCliOptions, rawArgs: string[]): Promise<void> 
       background: o.background,
       chunkBytes: o.chunk,
       pageServer: o.pageServer ? pageServerOf(o) : undefined,
+      recordWorkingSet: o.recordWorkingSet === undefined ? undefined : resolve(o.recordWorkingSet),
+      recordForSeconds: o.recordFor,
+      workingSet: o.workingSet === undefined ? undefined : resolve(o.workingSet),
       onEvent: (e) => {
         if (e.type === 'process-lost' && stoppedBy !== undefined) lost[e.killed ? 'killed' : 'notKilled']++;
         reporter.handle(e);
