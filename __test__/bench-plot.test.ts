@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { plotPath } from '../ts/bench/plot.js';
 import { simulatorPath } from '../ts/sim/run.js';
 import { bin } from './helpers/cli.js';
+import { skipUnless } from './helpers/skip.js';
 
 const simBuilt = (() => {
   try {
@@ -23,7 +24,7 @@ const simBuilt = (() => {
 })();
 const root = process.getuid?.() === 0;
 const why = !root ? 'needs root' : !simBuilt ? 'needs the restore simulator (npm run build:sim)' : '';
-const benchTest = why ? (title: string, fn: Parameters<typeof test>[1]) => test.skip(`${title} [${why}]`, fn) : test;
+const benchTest = skipUnless(why === '', why);
 
 interface XmlElement {
   name: string;

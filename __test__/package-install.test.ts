@@ -30,7 +30,7 @@ test('pack:local tarballs install into an empty project without cargo; --version
   writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }));
   const PATH = [...new Set([dirname(process.execPath), '/usr/bin', '/bin'])].join(delimiter);
   t.false(PATH.split(delimiter).some((d) => existsSync(join(d, 'cargo'))), `cargo is on ${PATH}`);
-  const env = { ...process.env, PATH, npm_config_audit: 'false', npm_config_fund: 'false', npm_config_update_notifier: 'false' };
+  const env: NodeJS.ProcessEnv = { ...process.env, PATH, npm_config_audit: 'false', npm_config_fund: 'false', npm_config_update_notifier: 'false' };
   for (const k of Object.keys(env)) if (k.startsWith('npm_') && !k.startsWith('npm_config_')) delete env[k];
   const opts = { cwd: project, env, encoding: 'utf8' as const, timeout: 120_000 };
   const npmCli = join(dirname(process.execPath), 'npm');
