@@ -338,7 +338,7 @@ fn accept(listen: RawFd) -> io::Result<OwnedFd> {
   let fd = unsafe { OwnedFd::from_raw_fd(c) };
   // A step is read whole once poll says it started; a peer that stalls in the middle of one must
   // not block this thread (and `close`, which joins it) for ever: give up after STEP_TIMEOUT.
-  let tv = libc::timeval { tv_sec: STEP_TIMEOUT_SECS, tv_usec: 0 };
+  let tv = libc::timeval { tv_sec: STEP_TIMEOUT_SECS.into(), tv_usec: 0 };
   // SAFETY: setsockopt on our own socket with a properly sized timeval.
   unsafe {
     libc::setsockopt(
@@ -354,7 +354,7 @@ fn accept(listen: RawFd) -> io::Result<OwnedFd> {
 
 /// Seconds a restorer may pause in the middle of one hand-over step (between the bytes of a pid, or
 /// between a pid and its fd message). CRIU sends each step in one go.
-const STEP_TIMEOUT_SECS: libc::time_t = 5;
+const STEP_TIMEOUT_SECS: u32 = 5;
 
 /// The connected peer's credentials (SO_PEERCRED: pid, effective uid and gid at connect time, as the
 /// kernel recorded them; the peer cannot forge them). The pid lets the daemon kill only processes that

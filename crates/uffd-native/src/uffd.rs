@@ -14,12 +14,14 @@ const FEATURE_NAMES: [(u64, &str); 4] =
   [(0x02, "EVENT_FORK"), (0x04, "EVENT_REMAP"), (0x08, "EVENT_REMOVE"), (0x40, "EVENT_UNMAP")];
 
 const UFFD_API: u64 = 0xAA;
-const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
-const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
-const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_aa01;
-const UFFDIO_WAKE: libc::c_ulong = 0x8010_aa02;
-const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
-const UFFDIO_ZEROPAGE: libc::c_ulong = 0xc020_aa04;
+// The kernel reads an ioctl request as an unsigned int; glibc declares it `unsigned long` and musl
+// `int`. `libc::Ioctl` is this target's type, and the cast from u32 keeps the bits either way.
+const UFFDIO_API: libc::Ioctl = 0xc018_aa3f_u32 as libc::Ioctl;
+const UFFDIO_REGISTER: libc::Ioctl = 0xc020_aa00_u32 as libc::Ioctl;
+const UFFDIO_UNREGISTER: libc::Ioctl = 0x8010_aa01_u32 as libc::Ioctl;
+const UFFDIO_WAKE: libc::Ioctl = 0x8010_aa02_u32 as libc::Ioctl;
+const UFFDIO_COPY: libc::Ioctl = 0xc028_aa03_u32 as libc::Ioctl;
+const UFFDIO_ZEROPAGE: libc::Ioctl = 0xc020_aa04_u32 as libc::Ioctl;
 const REGISTER_MODE_MISSING: u64 = 1;
 /// `mode` bit of COPY/ZEROPAGE: do not wake the faulting thread (the caller will WAKE a whole range later).
 pub const MODE_DONTWAKE: u64 = 1;
@@ -294,7 +296,7 @@ impl Uffd {
     self.range_ioctl(UFFDIO_WAKE, "UFFDIO_WAKE", start, len)
   }
 
-  fn range_ioctl(&self, req: libc::c_ulong, op: &'static str, start: u64, len: u64) -> Result<(), RangeError> {
+  fn range_ioctl(&self, req: libc::Ioctl, op: &'static str, start: u64, len: u64) -> Result<(), RangeError> {
     let mut range = UffdioRange { start, len };
     // SAFETY: `range` is a valid `struct uffdio_range` for the duration of the call.
     let r = unsafe { libc::ioctl(self.raw(), req, &mut range as *mut UffdioRange) };

@@ -317,7 +317,8 @@ impl Conn {
     // SAFETY: zeroed msghdr is valid; we then point it at `iov`, which lives across the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = cnt;
+    // `as _`: the field is a usize with glibc and a c_int with musl; cnt is at most IOV_MAX.
+    msg.msg_iovlen = cnt as _;
     // SAFETY: every iovec points into memory that stays valid for the call: `r.head` (owned by the reply) or
     // a bounds-checked range of a read-only mapping kept alive by the reply's `PageImage`. MSG_NOSIGNAL: a
     // closed peer is an EPIPE error for this session, never a SIGPIPE for the process.
