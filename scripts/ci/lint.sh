@@ -2,7 +2,7 @@
 # Static checks, in order, stopping at the first that fails (with one line naming it):
 # rustfmt, clippy (warnings are errors), and tsc over the sources and over the tests.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 
 step() {
   local name=$1
@@ -21,4 +21,5 @@ step "cargo clippy --workspace --all-targets --release -- -D warnings" \
   cargo clippy --workspace --all-targets --release -- -D warnings
 step "tsc -p tsconfig.json --noEmit" npx tsc -p tsconfig.json --noEmit
 step "tsc -p __test__/tsconfig.json --noEmit" npx tsc -p __test__/tsconfig.json --noEmit
+step "actionlint (skipped when not installed)" bash scripts/ci/actionlint.sh
 echo "lint: all passed" >&2
