@@ -92,7 +92,7 @@ test('background copy in pieces, EEXIST pages skipped, and invalid tables/reques
     { liveStart: base + P, liveEnd: base + 3n * P, imageStart: 0n, kind: 'file', imageId, fileOffset: 0 },
   ]), 'ETABLE');
   bad(() => loop.installTable(procId, 2, [{ liveStart: base, liveEnd: base + P, imageStart: 0n, kind: 'file', imageId: 99, fileOffset: 0 }]), 'ETABLE');
-  bad(() => loop.copy(procId, 6, 1, imageId, 4 * PAGE, base, 8 * PAGE, false), 'ERANGE_IMAGE');
+  bad(() => loop.copy(procId, 6, 1, imageId, 4 * PAGE, base, 8 * PAGE, false), 'EBADIMAGE');
   bad(() => loop.stats(4242), 'ENOID');
 });
 

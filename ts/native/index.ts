@@ -19,7 +19,7 @@ export function nativeVersion(): string {
 /**
  * An error from the native core that a user can act on. Codes include `EPERM_UFFD` (no permission to create a
  * userfaultfd), `EUFFD_FEATURES` (kernel too old), `ENOTUFFD` (an fd that is not a userfaultfd), `EBADF`,
- * `ERANGE_IMAGE` (read outside a pages image), `EIMAGE`, `EHANDOVER` (restorer protocol error), `ESOCKET`
+ * `EBADIMAGE` (a pages image that cannot be mapped, or a read outside it), `EHANDOVER` (restorer protocol error), `ESOCKET`
  * (cannot create lazy-pages.socket), `ETABLE` (invalid translation table), `ENOID`, `EINVALARG`, `EBADEVENT`,
  * `EPAGESERVER` (cannot connect to a page server; the message names address:port), `EGUARDIAN` (the
  * guardian process cannot be started).
@@ -89,7 +89,7 @@ export class PageImage {
   private constructor(raw: Raw.PageImage) {
     this.raw = raw;
   }
-  /** Maps `path` read-only; throws `EIMAGE` naming the path if it cannot. */
+  /** Maps `path` read-only; throws `EBADIMAGE` naming the path if it cannot. */
   static open(path: string): PageImage {
     return new PageImage(call(() => binding.PageImage.open(path)));
   }
@@ -97,7 +97,7 @@ export class PageImage {
   get length(): number {
     return call(() => this.raw.length);
   }
-  /** A copy of `len` bytes at `offset`; throws `ERANGE_IMAGE` (naming path, offset, length, size) outside the file. */
+  /** A copy of `len` bytes at `offset`; throws `EBADIMAGE` (naming path, offset, length, size) outside the file. */
   read(offset: number, len: number): Buffer {
     return call(() => this.raw.read(offset, len));
   }

@@ -38,10 +38,9 @@ impl fmt::Display for ImageError {
 
 impl Coded for ImageError {
   fn code(&self) -> &'static str {
-    match self {
-      ImageError::Range { .. } => "ERANGE_IMAGE",
-      _ => "EIMAGE",
-    }
+    // One code for every unusable image, as the TypeScript image parser gives (the message names the
+    // file and the offset).
+    "EBADIMAGE"
   }
 }
 
@@ -215,7 +214,7 @@ mod tests {
     assert_eq!(img.len(), 8192);
     assert_eq!(img.slice(4096, 4096).unwrap(), &data[4096..]);
     let err = img.slice(8000, 4096).unwrap_err();
-    assert_eq!(err.code(), "ERANGE_IMAGE");
+    assert_eq!(err.code(), "EBADIMAGE");
     let m = err.to_string();
     assert!(m.contains("offset 8000") && m.contains("4096 bytes") && m.contains("8192") && m.contains("img"));
     assert!(img.slice(u64::MAX, 2).is_err());
