@@ -5,6 +5,7 @@
  * does not fit changes nothing but speed.
  */
 import type { ExecutionContext } from 'ava';
+import { execFileSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -16,6 +17,7 @@ import {
   criuRestore,
   criuTest,
   freePort,
+  lazyPagesBin,
   onDemandPages,
   raisePipeMaxSize,
   startOurDaemon,
@@ -74,6 +76,15 @@ criuTest('working set: recorded on one restore (exactly the pages served on dema
   t.is(file.processes[0]!.pages, first.onDemand, 'the file lists exactly the pages served on demand');
   const times = file.processes[0]!.ranges.map((r) => r[2]);
   t.deepEqual(times, [...times].sort((a, b) => a - b), 'ranges are in first-touch order');
+
+  // inspect shows it, and whether it fits the checkpoint.
+  const inspected = JSON.parse(
+    execFileSync(process.execPath, [lazyPagesBin, 'inspect', '--working-set', ws, '-D', images, '--json'], { encoding: 'utf8' }),
+  ) as { processes: { pid: number; pages: number; ranges: number; bytes: number; fits: boolean }[] };
+  t.deepEqual(inspected.processes, [
+    { ...inspected.processes[0]!, pid: prog.pid, pages: first.onDemand, ranges: file.processes[0]!.ranges.length, bytes: first.onDemand * 4096, fits: true },
+  ]);
+  t.regex(execFileSync(process.execPath, [lazyPagesBin, 'inspect', '--working-set', ws], { encoding: 'utf8' }), new RegExp(`pid ${prog.pid}: ${first.onDemand} pages`));
 
   const second = await restoreOnce(t, prog, images, join(dir, 'r2', 'work'), ['--working-set', ws]);
   t.regex(second.log, new RegExp(`pid ${prog.pid}: installing its working set first \\(${first.onDemand} pages in ${file.processes[0]!.ranges.length} ranges\\)`));
