@@ -20,6 +20,7 @@ import {
   lazyPagesBin,
   onDemandPages,
   raisePipeMaxSize,
+  resultValues,
   startOurDaemon,
   startProgram,
   tempDir,
@@ -28,6 +29,8 @@ import {
 } from './helpers/criu.js';
 
 interface Restored {
+  /** The program's own numbers (touch_p50_us, touch_p99_us, full_read_ms, ...). */
+  values: Record<string, string>;
   onDemand: number;
   processes: number;
   log: string;
@@ -46,7 +49,7 @@ async function restoreOnce(t: ExecutionContext, prog: Program, images: string, w
   t.is(out.result?.[0], 'ok', `the restored program's verdict\n${out.diag}`);
   t.is(exit?.code, 0, `daemon ${args.join(' ')}\n${log}`);
   const pages = onDemandPages(log);
-  return { onDemand: pages.onDemand, processes: pages.processes, log };
+  return { values: resultValues(out.result), onDemand: pages.onDemand, processes: pages.processes, log };
 }
 
 async function dumped(t: ExecutionContext, name: ProgName, args: string[]): Promise<{ prog: Program; images: string; dir: string }> {
@@ -69,6 +72,7 @@ criuTest('working set: recorded on one restore (exactly the pages served on dema
   const ws = join(dir, 'ws.json');
   const first = await restoreOnce(t, prog, images, join(dir, 'r1', 'work'), ['--record-working-set', ws]);
   const file = JSON.parse(readFileSync(ws, 'utf8')) as WsFile;
+  if (process.env.WSX) writeFileSync('/tmp/ws1.json', readFileSync(ws));
   t.is(file.format, 'lazy-pages-working-set');
   t.is(file.version, 1);
   t.is(file.processes.length, 1);
@@ -86,10 +90,11 @@ criuTest('working set: recorded on one restore (exactly the pages served on dema
   ]);
   t.regex(execFileSync(process.execPath, [lazyPagesBin, 'inspect', '--working-set', ws], { encoding: 'utf8' }), new RegExp(`pid ${prog.pid}: ${first.onDemand} pages`));
 
-  const second = await restoreOnce(t, prog, images, join(dir, 'r2', 'work'), ['--working-set', ws]);
+  const second = await restoreOnce(t, prog, images, join(dir, 'r2', 'work'), ['--working-set', ws, ...(process.env.WSX ? ['--no-background', '--record-working-set', '/tmp/ws2.json'] : [])]);
   t.regex(second.log, new RegExp(`pid ${prog.pid}: installing its working set first \\(${first.onDemand} pages in ${file.processes[0]!.ranges.length} ranges\\)`));
   // How much it saves is a benchmark's business (lazy-pages bench --criu --working-set), not a test's.
   t.log(`pages on demand: ${first.onDemand} while recording, ${second.onDemand} with the working set`);
+  t.log(`touch p50/p99 µs: ${first.values.touch_p50_us}/${first.values.touch_p99_us} while recording, ${second.values.touch_p50_us}/${second.values.touch_p99_us} with the working set`);
 }, { serial: true });
 
 criuTest('working set: a stale, foreign or corrupt file is reported and ignored; the restore is right', async (t) => {
@@ -120,8 +125,9 @@ criuTest('working set: a forked tree records and replays each process by its che
   const ws = join(dir, 'ws.json');
   const first = await restoreOnce(t, prog, images, join(dir, 'r1', 'work'), ['--record-working-set', ws]);
   const file = JSON.parse(readFileSync(ws, 'utf8')) as WsFile;
+  if (process.env.WSX) writeFileSync('/tmp/ws1.json', readFileSync(ws));
   t.is(file.processes.length, 3, JSON.stringify(file.processes.map((p) => [p.pid, p.pages])));
-  const second = await restoreOnce(t, prog, images, join(dir, 'r2', 'work'), ['--working-set', ws]);
+  const second = await restoreOnce(t, prog, images, join(dir, 'r2', 'work'), ['--working-set', ws, ...(process.env.WSX ? ['--no-background', '--record-working-set', '/tmp/ws2.json'] : [])]);
   const replayed = [...second.log.matchAll(/pid (\d+): installing its working set first/g)].map((m) => Number(m[1]));
   t.deepEqual(replayed.sort(), file.processes.filter((p) => p.pages > 0).map((p) => p.pid).sort());
   t.log(`pages on demand: ${first.onDemand} recorded, ${second.onDemand} replayed`);

@@ -31,7 +31,7 @@ const IDENTIFY_RETRY_MS = 50;
 /** After a bad task in the hand-over, how long the rest of it is still read (to kill those tasks too). */
 const HANDOVER_DRAIN_MS = 1000;
 /** Requests kept queued per process while a working set is installed (its runs are small). */
-const WORKING_SET_DEPTH = 1024;
+const WORKING_SET_DEPTH = 256;
 
 export interface DaemonOptions extends WorkingSetOptions {
   /** The checkpoint (`criu dump -D`). */
@@ -92,6 +92,8 @@ export interface Request {
   pages: number;
   /** A fault's page: on a retryable failure the faulting thread is woken to fault again. */
   urgent?: { live: bigint };
+  /** One of the working set's requests (counted apart: see queueBackground). */
+  priority?: boolean;
 }
 
 /** Start a lazy-pages daemon. Resolves once the socket listens (the restorer may connect). */
@@ -263,8 +265,42 @@ class Daemon implements LazyPagesDaemon {
     this.loop.setPieceBytes(opts.pieceBytes ?? 64 << 10);
   }
 
+  /**
+   * The working set of each process it fits, handed to the native loop before anything is handed
+   * over: it is copied the moment each task's uffd arrives (see EventLoop.preload), by image address
+   * (live == image until the task runs), from the pages files (a page server's pages come later).
+   */
+  private preloadWorkingSets(): void {
+    if (this.tsRemote !== undefined || this.nativeRemote) return;
+    for (const { image, ranges } of this.workingSets.fitting(this.checkpoint.processes)) {
+      const byFile = new Map<string, { offsets: number[]; dsts: number[]; lens: number[] }>();
+      for (const r of ranges) {
+        let at = r.start;
+        const end = r.start + BigInt(r.pages) * PAGE;
+        // A recorded run may span adjacent lazy ranges (and so files or offsets): cut it at each.
+        for (const l of image.lazyRanges) {
+          if (l.end <= at || l.start >= end) continue;
+          const to = end < l.end ? end : l.end;
+          if (l.location.kind === 'file') {
+            const f = byFile.get(l.location.file) ?? { offsets: [], dsts: [], lens: [] };
+            f.offsets.push(Number(l.location.offset + (at - l.start)));
+            f.dsts.push(Number(at));
+            f.lens.push(Number(to - at));
+            byFile.set(l.location.file, f);
+          }
+          at = to;
+          if (at >= end) break;
+        }
+      }
+      for (const [file, f] of byFile) {
+        this.loop.preload(image.pid, this.imageId(file), Float64Array.from(f.offsets), Float64Array.from(f.dsts), Float64Array.from(f.lens));
+      }
+    }
+  }
+
   start(): void {
     try {
+      this.preloadWorkingSets();
       // Before the socket listens: no uffd may arrive while nobody would act if we died.
       if (this.useGuardian) {
         try {
@@ -286,7 +322,7 @@ class Daemon implements LazyPagesDaemon {
           return;
         }
         this.guard(() => this.onHandover(ev));
-      });
+      }, this.loop);
     } catch (e) {
       // Nothing was handed over yet: just release the native loop (it would keep Node alive).
       this.ended = true;
@@ -411,13 +447,15 @@ class Daemon implements LazyPagesDaemon {
         if (first.length > 0) {
           st.prioritize(first);
           this.emit({ type: 'working-set', pid: ev.pid, pages: first.reduce((n, r) => n + r.pages, 0), ranges: first.length });
-          if (this.tsRemote === undefined && !this.nativeRemote) {
-            // Queued natively now, while the restore goes on (this thread has the CPU; once the program
-            // runs it competes for it), and run the moment the restore is finished.
-            if (!this.parked) this.loop.park();
-            this.parked = true;
-            this.loop.batch(() => this.queueBackground(st));
-          }
+        }
+        if (this.tsRemote === undefined && !this.nativeRemote) {
+          // The first background requests (the working set's first) are queued natively now, parked,
+          // and the hand-over thread starts them the moment the restorer says "restore finished":
+          // CRIU resumes the tasks right after, and JS, busy or short of CPU, may hear of it tens of
+          // milliseconds later. (Page-server fetches are not parked: they start at "finished".)
+          if (!this.parked) this.loop.park();
+          this.parked = true;
+          this.loop.batch(() => this.queueBackground(st));
         }
         return;
       }
@@ -683,6 +721,7 @@ class Daemon implements LazyPagesDaemon {
     if (!req) return;
     this.requests.delete(ev.reqId);
     st.inflightRequests--;
+    if (req.priority) st.inflightPriority--;
     // `bytes` counts only pages this request placed: pages found present (a fault beat us to them)
     // are skipped by the native core and are settled all the same.
     const got = Math.min(req.pages, Math.floor(Number(ev.bytes) / PAGE_SIZE));
@@ -783,7 +822,11 @@ class Daemon implements LazyPagesDaemon {
     const depth = remote ? this.remoteDepth : this.queueDepth;
     // A working set is many small runs: keep more of them queued so the native loop never waits for JS.
     // It is installed with or without --no-background; the rest only with the background on.
-    while ((this.background || st.prioritizing) && st.inflightRequests < (st.prioritizing ? Math.max(depth, WORKING_SET_DEPTH) : depth)) {
+    // The working set's requests have slots of their own: the rest of the background is queued behind
+    // them at once, so the native loop goes on from the one to the other without waiting for JS.
+    for (;;) {
+      const prio = st.prioritizing;
+      if (prio ? st.inflightPriority >= WORKING_SET_DEPTH : !this.background || st.inflightRequests - st.inflightPriority >= depth) break;
       // Local chunks run on over pages already present (skipped natively with EEXIST); remote
       // ones do not: those pages would cross the network again.
       const c = remote ? st.nextChunk(Math.min(this.chunkPages, 256)) : st.nextChunk(this.chunkPages, true);
@@ -791,12 +834,14 @@ class Daemon implements LazyPagesDaemon {
       const r = st.index.ranges[c.range];
       st.pages.fly(c.firstPage, c.pages);
       st.inflightRequests++;
+      // (The TLS client's requests are counted by TsRemote; a working set there is queued whole.)
+      if (prio && (r.location.kind === 'file' || this.nativeRemote)) st.inflightPriority++;
       if (r.location.kind === 'file') {
-        const reqId = this.submit({ st, firstPage: c.firstPage, pages: c.pages });
+        const reqId = this.submit({ st, firstPage: c.firstPage, pages: c.pages, priority: prio });
         const fileOffset = r.location.offset + (c.image - r.start);
         this.loop.copy(st.procId, reqId, st.gen, this.imageId(r.location.file), fileOffset, c.live, BigInt(c.pages) * PAGE, false);
       } else if (this.nativeRemote) {
-        const reqId = this.submit({ st, firstPage: c.firstPage, pages: c.pages });
+        const reqId = this.submit({ st, firstPage: c.firstPage, pages: c.pages, priority: prio });
         this.loop.fetch(st.procId, reqId, st.gen, st.pid, c.image, c.pages, c.live);
       } else {
         this.tsRemote!.background(st, c.firstPage, c.pages, c.image);

@@ -70,6 +70,8 @@ export class ProcessState {
   /** Where in the cursor's segment the scan goes on (a dense page index; -1: from its start). */
   private cursorPage = -1;
   inflightRequests = 0;
+  /** Of those, the working set's. */
+  inflightPriority = 0;
   /** Dense pages whose fault is being fetched from a page server (a second fault on one is ignored). */
   readonly faulting = new Set<number>();
 

@@ -216,6 +216,20 @@ export class WorkingSets {
     }
   }
 
+  /**
+   * The runs of each checkpoint process the replay file fits (said nothing of the others: `attach`
+   * reports them), to preload before the hand-over.
+   */
+  fitting(images: readonly ProcessImage[]): { image: ProcessImage; ranges: WorkingSetRange[] }[] {
+    if (!this.replay) return [];
+    const out: { image: ProcessImage; ranges: WorkingSetRange[] }[] = [];
+    for (const image of images) {
+      const m = matchWorkingSet(this.replay, image);
+      if (!('why' in m)) out.push({ image, ranges: m.ranges });
+    }
+    return out;
+  }
+
   /** A process was handed over: start recording it; returns the runs to install first, if any fit. */
   attach(image: ProcessImage): WorkingSetRange[] {
     this.recorder?.attach(image);

@@ -233,9 +233,11 @@ export class HandoverListener {
   }
   /**
    * Binds the socket (a stale socket is replaced; any other file there is an `ESOCKET` error) and reports events.
-   * Keeps Node alive until "finished", an error, or {@link HandoverListener.close}.
+   * Keeps Node alive until "finished", an error, or {@link HandoverListener.close}. With `unpark`,
+   * that loop's parked background requests ({@link EventLoop.park}) start the moment the restorer
+   * says "restore finished", on the native hand-over thread, before JS hears of it.
    */
-  static listen(workDir: string, onEvent: (ev: HandoverEvent) => void): HandoverListener {
+  static listen(workDir: string, onEvent: (ev: HandoverEvent) => void, unpark?: EventLoop): HandoverListener {
     const raw = call(() =>
       binding.HandoverListener.listen(workDir, (r) => {
         let ev: HandoverEvent;
@@ -246,7 +248,7 @@ export class HandoverListener {
           ev = { type: 'error', code: ne.code, message: ne.message };
         }
         onEvent(ev);
-      }),
+      }, unpark?.raw),
     );
     return new HandoverListener(raw);
   }
@@ -418,7 +420,8 @@ export interface SourceStats {
  * in batches on `onEvents`; keeps Node alive until {@link EventLoop.close}.
  */
 export class EventLoop {
-  private raw: Raw.EventLoop;
+  /** @internal The generated handle (HandoverListener.listen hands it to the hand-over thread). */
+  readonly raw: Raw.EventLoop;
   constructor(onEvents: (events: NativeEvent[]) => void) {
     this.raw = call(
       () =>
@@ -471,8 +474,18 @@ export class EventLoop {
     }
   }
   /**
-   * Background requests from now on are queued natively but not run until {@link unpark}: a working
-   * set is queued while the restore goes on and starts the moment it is finished.
+   * Runs to copy into the task with checkpoint pid `pid` the moment the restorer hands its uffd over,
+   * before the task runs and before JS hears of it (the native hand-over thread passes the uffd to
+   * the loop; a copy lands only in a range the restorer has registered, at its final address):
+   * `lens[i]` bytes of image `imageId` at `offsets[i]` to address `dsts[i]`. Early copies stop at
+   * "restore finished".
+   */
+  preload(pid: number, imageId: number, offsets: Float64Array, dsts: Float64Array, lens: Float64Array): void {
+    call(() => this.raw.preload(pid, imageId, offsets, dsts, lens));
+  }
+  /**
+   * Background requests from now on are queued natively but not run until {@link unpark} (or tried
+   * early where the kernel lets them land): they start the moment the restore is finished.
    */
   park(): void {
     this.raw.park();

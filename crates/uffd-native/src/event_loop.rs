@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::image::PageImage;
 use crate::msg::{self, Event, MSG_SIZE};
@@ -27,6 +27,9 @@ use crate::uffd::{CopyResult, Uffd};
 
 /// Messages read per read(): a batch.
 const BATCH: usize = 64;
+/// How long a parked job that met an unregistered range waits before it is tried again.
+const PARKED_RETRY: Duration = Duration::from_millis(1);
+
 /// Default size of one piece of a long copy.
 pub const DEFAULT_PIECE: u64 = 1 << 20;
 
@@ -278,12 +281,22 @@ pub enum Cmd {
   Connect(Box<PageClient>),
   Fetch(Fetch),
   FetchWindow(u64),
-  /// Keep background jobs queued from now on, without running them, until `Unpark`: a working set
-  /// is queued while the restore is still going (the JS thread has the CPU then), and starts the
-  /// moment the restore is finished, with one command instead of thousands.
+  /// Keep background jobs queued from now on, apart, until `Unpark`: they are queued while the restore
+  /// is still going (the JS thread has the CPU then), tried early where the kernel lets them land
+  /// (`Loop::try_parked`), and the rest start the moment the restore is finished, with one command.
   Park,
-  /// Run the parked jobs first, in the order they came, then the rest.
+  /// Run the parked jobs first, in the order they came, then the rest; early copies stop.
   Unpark,
+  /// Runs to copy into the task `pid` (its checkpoint pid) as soon as its uffd arrives (see early.rs).
+  Preload {
+    pid: i32,
+    runs: Vec<crate::early::Run>,
+  },
+  /// A duplicate of the uffd of task `pid`, from the hand-over thread: copy its preloaded runs now.
+  Early {
+    pid: i32,
+    uffd: Uffd,
+  },
 }
 
 /// State shared by the JS handle and the thread.
@@ -486,8 +499,14 @@ struct Loop {
   images: HashMap<u32, PageImage>,
   urgent: VecDeque<Job>,
   background: VecDeque<Job>,
-  /// Background jobs held back by `Cmd::Park` (None: not parked).
+  /// Background jobs held back by `Cmd::Park` (None: not parked). Tried early, see `try_parked`.
   parked: Option<VecDeque<Job>>,
+  /// No parked job is tried before this (the head's VMA was not registered yet).
+  parked_retry_at: Option<Instant>,
+  /// Runs preloaded per checkpoint pid, waiting for that task's uffd (until "restore finished").
+  preloads: HashMap<i32, Vec<crate::early::Run>>,
+  /// Tasks being given their preloaded runs.
+  early: Vec<crate::early::Early>,
   piece: u64,
   /// When the last fault was read (pieces grow while none comes: see `piece_now`).
   last_fault: Option<Instant>,
@@ -512,6 +531,9 @@ impl Loop {
       urgent: VecDeque::new(),
       background: VecDeque::new(),
       parked: None,
+      parked_retry_at: None,
+      preloads: HashMap::new(),
+      early: Vec::new(),
       piece: DEFAULT_PIECE,
       last_fault: None,
       quiet_piece: DEFAULT_PIECE.max(QUIET_PIECE),
@@ -537,7 +559,15 @@ impl Loop {
       if !awaiting {
         spin_since = None;
       }
-      let timeout = if busy || spinning { 0 } else { self.report_timeout_ms(self.source_timeout_ms()) };
+      let timeout = if busy || spinning {
+        0
+      } else {
+        let t = self.report_timeout_ms(self.source_timeout_ms());
+        match self.parked_wait_ms() {
+          Some(p) if t < 0 || p < t => p,
+          _ => t,
+        }
+      };
       // SAFETY: `evs` is a valid buffer of 32 events.
       let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), evs.as_mut_ptr(), 32, timeout) };
       if n < 0 {
@@ -687,6 +717,17 @@ impl Loop {
         if let Some(mut q) = self.parked.take() {
           q.append(&mut self.background);
           self.background = q;
+        }
+        // From now on the program runs and may move its memory: early copies (by image address) stop.
+        self.early.clear();
+        self.preloads.clear();
+      }
+      Cmd::Preload { pid, runs } => {
+        self.preloads.entry(pid).or_default().extend(runs);
+      }
+      Cmd::Early { pid, uffd } => {
+        if let Some(runs) = self.preloads.remove(&pid) {
+          self.early.push(crate::early::Early::new(uffd, runs.into()));
         }
       }
       Cmd::Wake { proc_id, start, len } => {
@@ -1166,6 +1207,12 @@ impl Loop {
     if !urgent && self.client.as_ref().is_some_and(|c| c.urgent_outstanding()) {
       return;
     }
+    if !urgent && self.background.is_empty() {
+      let budget = self.piece_now();
+      self.early.retain_mut(|e| e.step(budget));
+      self.try_parked();
+      return;
+    }
     let budget = if urgent { 0 } else { self.piece_now() };
     let mut spent = 0;
     loop {
@@ -1194,6 +1241,59 @@ impl Loop {
       if urgent || spent >= budget {
         return;
       }
+    }
+  }
+
+  /// While the restore goes on, parked jobs are tried in order whenever there is nothing else to do.
+  ///
+  /// Why this is safe: CRIU's restorer moves each lazy VMA to its final address and only then
+  /// registers it with the userfaultfd (`vma_remap` + `enable_uffd` in its restorer), and nothing
+  /// moves a registered VMA afterwards but the program's own mremap (a REMAP event, which makes the
+  /// job stale). The kernel refuses UFFDIO_COPY into a range not registered with this uffd (ENOENT),
+  /// so a page lands only where it belongs. A job that meets ENOENT goes back to the head of the parked
+  /// queue and is tried again a millisecond later; "restore finished" (`Unpark`) runs what is left.
+  fn try_parked(&mut self) {
+    if self.parked_retry_at.is_some_and(|t| Instant::now() < t) {
+      return;
+    }
+    self.parked_retry_at = None;
+    let budget = self.piece_now();
+    let mut spent = 0;
+    while spent < budget {
+      let Some(mut job) = self.parked.as_mut().and_then(|q| q.pop_front()) else { return };
+      let before = job.done;
+      match self.step(&mut job) {
+        Some(Out::Done { status: Status::NoEnt, .. }) => {
+          // Not registered yet: keep it (and its progress) at the head, look again later.
+          if let Some(q) = self.parked.as_mut() {
+            q.push_front(job);
+          }
+          self.parked_retry_at = Some(Instant::now() + PARKED_RETRY);
+          return;
+        }
+        Some(done) => self.out.push(done),
+        None => {
+          spent += job.done.saturating_sub(before);
+          if let Some(q) = self.parked.as_mut() {
+            q.push_front(job);
+          }
+        }
+      }
+      spent += PAGE;
+    }
+  }
+
+  /// How long epoll may sleep before a parked job or an early copy is due (None: none is waiting).
+  fn parked_wait_ms(&self) -> Option<i32> {
+    let ms = |due: Option<Instant>| match due {
+      Some(t) => t.saturating_duration_since(Instant::now()).as_millis() as i32 + 1,
+      None => 0,
+    };
+    let parked = (!self.parked.as_ref().is_none_or(|q| q.is_empty())).then(|| ms(self.parked_retry_at));
+    let early = self.early.iter().map(|e| ms(e.due())).min();
+    match (parked, early) {
+      (Some(a), Some(b)) => Some(a.min(b)),
+      (a, b) => a.or(b),
     }
   }
 

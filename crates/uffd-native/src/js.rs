@@ -286,8 +286,16 @@ pub struct HandoverListener {
 #[napi]
 impl HandoverListener {
   /// Binds `<workDir>/lazy-pages.socket` and reports events to `callback` (never blocking the JS thread).
-  #[napi(factory, ts_args_type = "workDir: string, callback: (ev: RawHandoverEvent) => void")]
-  pub fn listen(work_dir: String, callback: Function<RawHandoverEvent, ()>) -> Result<HandoverListener> {
+  /// With `unpark`, that event loop's parked background requests start the moment the restorer says
+  /// "restore finished", on this thread: CRIU resumes the restored tasks right after saying it, and
+  /// the JS thread may be busy (or starved of CPU) for tens of milliseconds before it sees the event.
+  #[napi(factory, ts_args_type = "workDir: string, callback: (ev: RawHandoverEvent) => void, unpark?: EventLoop")]
+  pub fn listen(
+    work_dir: String,
+    callback: Function<RawHandoverEvent, ()>,
+    unpark: Option<&EventLoop>,
+  ) -> Result<HandoverListener> {
+    let unpark = unpark.map(|l| l.handle.shared.clone());
     let tsfn: HandoverTsfn = callback
       .build_threadsafe_function()
       .callee_handled::<false>()
@@ -299,7 +307,26 @@ impl HandoverListener {
       // dying before it serves the task cannot close its last copy.
       match &r {
         Report::Connected { pid } => restorer = *pid,
-        Report::Step(Step::Task { pid, fd }) => crate::guardian::hold(*fd, *pid, restorer),
+        Report::Step(Step::Task { pid, fd }) => {
+          crate::guardian::hold(*fd, *pid, restorer);
+          // The event loop copies the runs preloaded for this task now, with a duplicate of its uffd,
+          // while JS has not even heard of it (see early.rs).
+          if let Some(shared) = &unpark {
+            // SAFETY: F_DUPFD_CLOEXEC on an fd we hold (the hand-over just received it) has no
+            // memory effects; the new fd is owned by the Uffd below, or by nobody if it failed.
+            let dup = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 0) };
+            if dup >= 0 {
+              // SAFETY: `dup` is a fresh duplicate of a uffd the hand-over checked, owned by nobody else.
+              let uffd = unsafe { crate::uffd::Uffd::from_raw_uffd(dup) };
+              shared.send(Cmd::Early { pid: *pid, uffd });
+            }
+          }
+        }
+        Report::Step(Step::Finished) => {
+          if let Some(shared) = &unpark {
+            shared.send(Cmd::Unpark);
+          }
+        }
         _ => {}
       }
       tsfn.call(handover_event(r), ThreadsafeFunctionCallMode::NonBlocking);
@@ -620,6 +647,33 @@ impl EventLoop {
   #[napi]
   pub fn release(&self) {
     self.handle.shared.release();
+  }
+
+  /// Runs to copy into task `pid` (its checkpoint pid) the moment its uffd is handed over, before
+  /// the task runs (see early.rs): `lens[i]` bytes of image `imageId` at `offsets[i]` to `dsts[i]`.
+  #[napi]
+  pub fn preload(
+    &self,
+    pid: i32,
+    image_id: u32,
+    offsets: Float64Array,
+    dsts: Float64Array,
+    lens: Float64Array,
+  ) -> Result<()> {
+    let img = self.images.get(&image_id).ok_or_else(|| to_napi(ArgError::UnknownId("imageId", image_id as i64)))?;
+    if offsets.len() != dsts.len() || dsts.len() != lens.len() {
+      return Err(to_napi(ArgError::Invalid("offsets, dsts and lens must have the same length".into())));
+    }
+    let mut runs = Vec::with_capacity(lens.len());
+    for i in 0..lens.len() {
+      let off = num_u64(offsets[i], "offsets")?;
+      let dst = page_multiple(num_u64(dsts[i], "dsts")?, "dsts")?;
+      let len = page_multiple(num_u64(lens[i], "lens")?, "lens")?;
+      img.ptr_at(off, len).map_err(to_napi)?;
+      runs.push(crate::early::Run { img: img.clone(), off, dst, len });
+    }
+    self.handle.shared.send(Cmd::Preload { pid, runs });
+    Ok(())
   }
 
   /// Background requests from now on wait, queued, until `unpark` (see `Cmd::Park`).

@@ -1,6 +1,7 @@
 //! napi exports only: the kernel side of lazy-pages. Each export is a thin shell over a module with one job.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod early;
 pub mod errors;
 pub mod event_loop;
 pub mod guardian;

@@ -1,0 +1,101 @@
+//! Early copies: a recorded working set installed while the restore is still going, before the
+//! restored task runs.
+//!
+//! CRIU hands a task's userfaultfd over early in the restore, then its restorer moves each lazy VMA
+//! to its final address and only then registers it (`vma_remap` + `enable_uffd`), and the task is
+//! resumed a few milliseconds after "restore finished". The daemon's JavaScript hears of the task
+//! milliseconds after the hand-over, often after the task already runs; so the hand-over thread
+//! passes a duplicate of the uffd straight to the event loop, which copies the runs preloaded for
+//! that pid (`Cmd::Preload`) as soon as their VMAs are registered.
+//!
+//! Why this is safe: the kernel refuses UFFDIO_COPY into a range that is not registered with this
+//! userfaultfd (ENOENT), and a range is registered only at its final address; nothing but the
+//! program itself moves it afterwards, and it does not run before "restore finished", when early
+//! copies stop. A page already present (EEXIST) is skipped. What is not copied early is copied by the
+//! daemon's ordinary requests, which skip what is present.
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::image::PageImage;
+use crate::table::PAGE;
+use crate::uffd::{CopyResult, Uffd};
+
+/// How long a run whose range is not registered yet waits before it is tried again: registration
+/// comes a few milliseconds after the hand-over, and the whole window is a few milliseconds.
+const RETRY: Duration = Duration::from_micros(200);
+
+/// One run of pages to copy: `len` bytes of `img` at `off` to `dst` in the task.
+pub struct Run {
+  pub img: PageImage,
+  pub off: u64,
+  pub dst: u64,
+  pub len: u64,
+}
+
+/// The early copies of one task.
+pub struct Early {
+  uffd: Uffd,
+  runs: VecDeque<Run>,
+  retry_at: Option<Instant>,
+  /// Bytes placed so far (for the loop's statistics).
+  pub copied: u64,
+}
+
+impl Early {
+  pub fn new(uffd: Uffd, runs: VecDeque<Run>) -> Early {
+    Early { uffd, runs, retry_at: None, copied: 0 }
+  }
+
+  /// When it is worth trying again (None: now).
+  pub fn due(&self) -> Option<Instant> {
+    self.retry_at
+  }
+
+  /// Copies runs in order for about `budget` bytes. False once there is nothing left to do (all
+  /// copied, the task gone, or an error that retrying will not mend): then drop it.
+  pub fn step(&mut self, budget: u64) -> bool {
+    if self.retry_at.is_some_and(|t| Instant::now() < t) {
+      return true;
+    }
+    self.retry_at = None;
+    let mut spent = 0;
+    while spent < budget {
+      let Some(run) = self.runs.front_mut() else { return false };
+      let chunk = run.len.min(budget.max(PAGE));
+      let res = match run.img.ptr_at(run.off, chunk) {
+        // No populate/drop of the source's page tables around each copy, as background pieces do: a
+        // working set is mostly single pages, where those two calls would triple the cost of each.
+        // SAFETY: ptr_at bounds-checked the source range, and the PageImage (an Arc of the mapping)
+        // held by the run keeps it mapped for the call.
+        Ok(src) => unsafe { self.uffd.copy(run.dst, src, chunk, 0) },
+        Err(_) => return false,
+      };
+      let advance = match res {
+        CopyResult::Copied(n) => {
+          self.copied += n;
+          n.min(chunk)
+        }
+        CopyResult::Again { copied } if copied > 0 => {
+          self.copied += copied;
+          copied
+        }
+        // Present already (a fault, or the restorer touched it): skip the page.
+        CopyResult::Exists => PAGE,
+        // Not registered yet (or a non-cooperative event pending): this run waits, in order.
+        CopyResult::NoEnt | CopyResult::Again { .. } => {
+          self.retry_at = Some(Instant::now() + RETRY);
+          return true;
+        }
+        CopyResult::ProcessGone | CopyResult::Other(_) => return false,
+      };
+      run.off += advance;
+      run.dst += advance;
+      run.len -= advance.min(run.len);
+      if run.len == 0 {
+        self.runs.pop_front();
+      }
+      spent += advance.max(PAGE);
+    }
+    true
+  }
+}
