@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::image::PageImage;
 use crate::msg::{self, Event, MSG_SIZE};
@@ -27,9 +27,6 @@ use crate::uffd::{CopyResult, Uffd};
 
 /// Messages read per read(): a batch.
 const BATCH: usize = 64;
-/// How long a parked job that met an unregistered range waits before it is tried again.
-const PARKED_RETRY: Duration = Duration::from_millis(1);
-
 /// Default size of one piece of a long copy.
 pub const DEFAULT_PIECE: u64 = 1 << 20;
 
@@ -282,8 +279,9 @@ pub enum Cmd {
   Fetch(Fetch),
   FetchWindow(u64),
   /// Keep background jobs queued from now on, apart, until `Unpark`: they are queued while the restore
-  /// is still going (the JS thread has the CPU then), tried early where the kernel lets them land
-  /// (`Loop::try_parked`), and the rest start the moment the restore is finished, with one command.
+  /// is still going (the JS thread has the CPU then) and start the moment the restore is finished (the
+  /// hand-over thread sends `Unpark`), with one command. Not earlier: copying while CRIU restores
+  /// takes the CPU its restore needs (two cores here) and delayed the program's resume by ~20 ms.
   Park,
   /// Run the parked jobs first, in the order they came, then the rest; early copies stop.
   Unpark,
@@ -481,6 +479,9 @@ fn set_nice(nice: i32) {
 }
 
 /// How long routine reports ("served") may wait for company before JS is woken for them.
+/// How long after "restore finished" background pieces stay fault-sized (see `Cmd::Unpark`): CRIU
+/// resumes the tasks after stopping them at sigreturn and detaching, a few milliseconds.
+const RESUME_GRACE: std::time::Duration = std::time::Duration::from_millis(10);
 const REPORT_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
 /// ... or how many of them.
 const REPORT_BATCH: usize = 1024;
@@ -499,10 +500,8 @@ struct Loop {
   images: HashMap<u32, PageImage>,
   urgent: VecDeque<Job>,
   background: VecDeque<Job>,
-  /// Background jobs held back by `Cmd::Park` (None: not parked). Tried early, see `try_parked`.
+  /// Background jobs held back by `Cmd::Park` (None: not parked).
   parked: Option<VecDeque<Job>>,
-  /// No parked job is tried before this (the head's VMA was not registered yet).
-  parked_retry_at: Option<Instant>,
   /// Runs preloaded per checkpoint pid, waiting for that task's uffd (until "restore finished").
   preloads: HashMap<i32, Vec<crate::early::Run>>,
   /// Tasks being given their preloaded runs.
@@ -531,7 +530,6 @@ impl Loop {
       urgent: VecDeque::new(),
       background: VecDeque::new(),
       parked: None,
-      parked_retry_at: None,
       preloads: HashMap::new(),
       early: Vec::new(),
       piece: DEFAULT_PIECE,
@@ -563,7 +561,7 @@ impl Loop {
         0
       } else {
         let t = self.report_timeout_ms(self.source_timeout_ms());
-        match self.parked_wait_ms() {
+        match self.early_wait_ms() {
           Some(p) if t < 0 || p < t => p,
           _ => t,
         }
@@ -720,6 +718,10 @@ impl Loop {
         }
         // From now on the program runs and may move its memory: early copies (by image address) stop.
         self.early.clear();
+        // The restored tasks resume a few milliseconds from now and fault at once: background pieces
+        // stay small meanwhile, as if faults came, so the first faults do not wait behind quiet-size
+        // pieces (512 KiB) started before the program ran.
+        self.last_fault = Some(Instant::now() + RESUME_GRACE);
         self.preloads.clear();
       }
       Cmd::Preload { pid, runs } => {
@@ -1210,7 +1212,6 @@ impl Loop {
     if !urgent && self.background.is_empty() {
       let budget = self.piece_now();
       self.early.retain_mut(|e| e.step(budget));
-      self.try_parked();
       return;
     }
     let budget = if urgent { 0 } else { self.piece_now() };
@@ -1220,7 +1221,11 @@ impl Loop {
         return;
       };
       let before = job.done;
-      match self.step(&mut job) {
+      let res = self.step(&mut job);
+      // What this step moved counts whether or not it finished the job (a finishing step may have been
+      // a whole piece); a step that moved nothing (a completion, a skipped page) counts a page, so this ends.
+      spent += job.done.saturating_sub(before) + PAGE;
+      match res {
         Some(done) => {
           self.out.push(done);
           if let (Source::Fetched(b), Some(c)) = (job.src, self.client.as_mut()) {
@@ -1228,7 +1233,6 @@ impl Loop {
           }
         }
         None => {
-          spent += job.done.saturating_sub(before);
           if urgent {
             self.urgent.push_front(job)
           } else {
@@ -1236,65 +1240,19 @@ impl Loop {
           }
         }
       }
-      // A step that moved nothing (a completion, a skipped page) still counts, so this ends.
-      spent += PAGE;
       if urgent || spent >= budget {
         return;
       }
     }
   }
 
-  /// While the restore goes on, parked jobs are tried in order whenever there is nothing else to do.
-  ///
-  /// Why this is safe: CRIU's restorer moves each lazy VMA to its final address and only then
-  /// registers it with the userfaultfd (`vma_remap` + `enable_uffd` in its restorer), and nothing
-  /// moves a registered VMA afterwards but the program's own mremap (a REMAP event, which makes the
-  /// job stale). The kernel refuses UFFDIO_COPY into a range not registered with this uffd (ENOENT),
-  /// so a page lands only where it belongs. A job that meets ENOENT goes back to the head of the parked
-  /// queue and is tried again a millisecond later; "restore finished" (`Unpark`) runs what is left.
-  fn try_parked(&mut self) {
-    if self.parked_retry_at.is_some_and(|t| Instant::now() < t) {
-      return;
-    }
-    self.parked_retry_at = None;
-    let budget = self.piece_now();
-    let mut spent = 0;
-    while spent < budget {
-      let Some(mut job) = self.parked.as_mut().and_then(|q| q.pop_front()) else { return };
-      let before = job.done;
-      match self.step(&mut job) {
-        Some(Out::Done { status: Status::NoEnt, .. }) => {
-          // Not registered yet: keep it (and its progress) at the head, look again later.
-          if let Some(q) = self.parked.as_mut() {
-            q.push_front(job);
-          }
-          self.parked_retry_at = Some(Instant::now() + PARKED_RETRY);
-          return;
-        }
-        Some(done) => self.out.push(done),
-        None => {
-          spent += job.done.saturating_sub(before);
-          if let Some(q) = self.parked.as_mut() {
-            q.push_front(job);
-          }
-        }
-      }
-      spent += PAGE;
-    }
-  }
-
-  /// How long epoll may sleep before a parked job or an early copy is due (None: none is waiting).
-  fn parked_wait_ms(&self) -> Option<i32> {
+  /// How long epoll may sleep before an early copy is due (None: none is waiting).
+  fn early_wait_ms(&self) -> Option<i32> {
     let ms = |due: Option<Instant>| match due {
       Some(t) => t.saturating_duration_since(Instant::now()).as_millis() as i32 + 1,
       None => 0,
     };
-    let parked = (!self.parked.as_ref().is_none_or(|q| q.is_empty())).then(|| ms(self.parked_retry_at));
-    let early = self.early.iter().map(|e| ms(e.due())).min();
-    match (parked, early) {
-      (Some(a), Some(b)) => Some(a.min(b)),
-      (a, b) => a.or(b),
-    }
+    self.early.iter().map(|e| ms(e.due())).min()
   }
 
   /// The size of the next background piece: the set one while faults come, the quiet one (QUIET_PIECE
