@@ -445,7 +445,9 @@ class Daemon implements LazyPagesDaemon {
         this.emit({ type: 'attached', pid: ev.pid, lazyPages: st.index.totalPages });
         const first = this.workingSets.attach(image);
         if (first.length > 0) {
-          st.prioritize(first);
+          // Local pages: the native loop installs them itself, preloaded at start (see
+          // preloadWorkingSets); from a page server they are the first requests of the background.
+          if (this.tsRemote !== undefined || this.nativeRemote) st.prioritize(first);
           this.emit({ type: 'working-set', pid: ev.pid, pages: first.reduce((n, r) => n + r.pages, 0), ranges: first.length });
         }
         if (this.tsRemote === undefined && !this.nativeRemote) {

@@ -506,6 +506,8 @@ struct Loop {
   preloads: HashMap<i32, Vec<crate::early::Run>>,
   /// Tasks being given their preloaded runs.
   early: Vec<crate::early::Early>,
+  /// "Restore finished" was heard (`Unpark`): the restored tasks may run.
+  finished: bool,
   piece: u64,
   /// When the last fault was read (pieces grow while none comes: see `piece_now`).
   last_fault: Option<Instant>,
@@ -532,6 +534,7 @@ impl Loop {
       parked: None,
       preloads: HashMap::new(),
       early: Vec::new(),
+      finished: false,
       piece: DEFAULT_PIECE,
       last_fault: None,
       quiet_piece: DEFAULT_PIECE.max(QUIET_PIECE),
@@ -666,6 +669,11 @@ impl Loop {
           let _ = epoll_add(self.ep.as_raw_fd(), fd.as_raw_fd(), token(TOK_PIDFD, proc_id));
         }
         counters.paused.store(true, Ordering::Relaxed);
+        for e in self.early.iter_mut().filter(|e| e.proc_id.is_none()) {
+          if e.same_uffd(uffd.raw()) {
+            e.proc_id = Some(proc_id);
+          }
+        }
         self.procs.insert(
           proc_id,
           Proc {
@@ -716,8 +724,9 @@ impl Loop {
           q.append(&mut self.background);
           self.background = q;
         }
-        // From now on the program runs and may move its memory: early copies (by image address) stop.
-        self.early.clear();
+        // From now on the program runs and may move its memory: early copies (by image address) go on
+        // only for tasks the loop serves, until it reads a layout event from them (see early.rs).
+        self.finished = true;
         // The restored tasks resume a few milliseconds from now and fault at once: background pieces
         // stay small meanwhile, as if faults came, so the first faults do not wait behind quiet-size
         // pieces (512 KiB) started before the program ran.
@@ -1209,9 +1218,8 @@ impl Loop {
     if !urgent && self.client.as_ref().is_some_and(|c| c.urgent_outstanding()) {
       return;
     }
-    if !urgent && self.background.is_empty() {
-      let budget = self.piece_now();
-      self.early.retain_mut(|e| e.step(budget));
+    // Early copies (a working set) come before the background: they are what the program touches first.
+    if !urgent && self.run_early() {
       return;
     }
     let budget = if urgent { 0 } else { self.piece_now() };
@@ -1246,13 +1254,37 @@ impl Loop {
     }
   }
 
-  /// How long epoll may sleep before an early copy is due (None: none is waiting).
+  /// One turn of early copies, if one is due; true if it ran. After "restore finished", a task's early
+  /// copies wait until JS has added its uffd to the loop, and end once a layout event of it has been
+  /// read (or it is gone): see early.rs.
+  fn run_early(&mut self) -> bool {
+    if self.early.is_empty() {
+      return false;
+    }
+    let procs = &self.procs;
+    self.early.retain(|e| e.proc_id.is_none_or(|id| procs.get(&id).is_some_and(|p| p.events_read == 0 && !p.dead)));
+    let now = Instant::now();
+    let finished = self.finished;
+    let Some(i) =
+      self.early.iter().position(|e| (!finished || e.proc_id.is_some()) && e.due().is_none_or(|t| t <= now))
+    else {
+      return false;
+    };
+    let budget = self.piece_now();
+    if !self.early[i].step(budget) {
+      self.early.swap_remove(i);
+    }
+    true
+  }
+
+  /// How long epoll may sleep before an early copy is due (None: none is waiting). After "restore
+  /// finished" one whose task JS has not added yet is not waiting: adding it wakes the loop anyway.
   fn early_wait_ms(&self) -> Option<i32> {
     let ms = |due: Option<Instant>| match due {
       Some(t) => t.saturating_duration_since(Instant::now()).as_millis() as i32 + 1,
       None => 0,
     };
-    self.early.iter().map(|e| ms(e.due())).min()
+    self.early.iter().filter(|e| !self.finished || e.proc_id.is_some()).map(|e| ms(e.due())).min()
   }
 
   /// The size of the next background piece: the set one while faults come, the quiet one (QUIET_PIECE

@@ -35,6 +35,8 @@ export interface CriuBenchOptions {
   tree: boolean;
   remote: boolean;
   criuV4: boolean;
+  /** Local only: record a working set on a first restore, then also restore with it. */
+  workingSet: boolean;
   json?: string;
   /** Write the touch latency CDFs here as SVG. */
   plot?: string;
@@ -45,6 +47,8 @@ const PATTERN_SEED = 0x5eed;
 interface Plan {
   daemon: DaemonKind;
   background: boolean;
+  /** Ours with the working set recorded on the first restore. */
+  workingSet?: boolean;
 }
 
 async function lazyBytesOf(imagesDir: string): Promise<number> {
@@ -83,10 +87,12 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
   say(`criu: ${criu.path} (${criu.version}, from ${criu.from}); ours: ${process.execPath} ${oursBin}`);
   say(`${ctx.title}, ${o.runs} run${o.runs === 1 ? '' : 's'} of each daemon, interleaved${o.criuV4 ? '; criu lazy-pages runs at -v4 to count its pages' : ''}`);
 
+  if (o.workingSet && o.remote) throw new UserError('EOPTION', 'bench --criu --working-set: only the local variant (not with --remote)');
   const plans: Plan[] = [
     { daemon: 'criu', background: true },
     { daemon: 'ours', background: true },
     ...(o.remote ? [{ daemon: 'ours', background: false } as Plan] : []),
+    ...(o.workingSet ? [{ daemon: 'ours', background: true, workingSet: true } as Plan] : []),
   ];
   const runs: RunResult[] = [];
   /** Per plan (label): the touch and fault latency histogram of each of its runs. */
@@ -145,9 +151,31 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
       await plainDump(procs, criu.path, prog, imagesDir);
       lazyBytes = await lazyBytesOf(imagesDir);
       say(`dumped: ${(lazyBytes / 2 ** 20).toFixed(1)} MiB of lazy pages`);
+      // With --working-set: one restore by ours records it (not measured), and every run touches the
+      // pages of that restore's seed, as repeated restores of one checkpoint would. It records without
+      // the background, so that every page the program touched is in it in first-touch order (with
+      // the background on, the pages it happened to bring in first would be missing).
+      const wsFile = join(work, 'working-set.json');
+      if (o.workingSet) {
+        const rec = await restoreRun(procs, base(imagesDir, programDir), {
+          daemon: 'ours',
+          background: false,
+          touchSeed: 1,
+          workDir: join(work, 'record'),
+          oursArgs: ['--record-working-set', wsFile],
+        });
+        say(`working set recorded on a first restore: ${rec.result.pagesOnDemand ?? '?'} pages on demand (${wsFile})`);
+      }
       for (let i = 0; i < o.runs; i++) {
         for (const p of plans) {
-          await attempt(i, p, () => restoreRun(procs, base(imagesDir, programDir), { ...p, touchSeed: i + 1, workDir: join(work, `run-${i}-${p.daemon}`) }));
+          await attempt(i, p, () =>
+            restoreRun(procs, base(imagesDir, programDir), {
+              ...p,
+              touchSeed: o.workingSet ? 1 : i + 1,
+              workDir: join(work, `run-${i}-${label(p).replace(/\W+/g, '-')}`),
+              ...(p.workingSet ? { oursArgs: ['--working-set', wsFile] } : {}),
+            }),
+          );
         }
       }
     } else {
@@ -161,14 +189,15 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
     }
   }
 
-  const pick = (d: DaemonKind, bg: boolean) => runs.filter((r) => r.daemon === d && r.background === bg);
+  const pick = (d: DaemonKind, bg: boolean, ws = false) => runs.filter((r) => r.daemon === d && r.background === bg && r.workingSet === ws);
   const medians = {
     criu: mediansOf(pick('criu', true)),
     ours: mediansOf(pick('ours', true)),
     ...(o.remote ? { oursNoBackground: mediansOf(pick('ours', false)) } : {}),
+    ...(o.workingSet ? { oursWorkingSet: mediansOf(pick('ours', true, true)) } : {}),
   };
   say('');
-  say(formatTable(ctx, medians.criu, medians.ours, medians.oursNoBackground));
+  say(formatTable(ctx, medians.criu, medians.ours, medians.oursNoBackground, medians.oursWorkingSet));
   const rf = medians.oursNoBackground ? remoteFault(medians.ours, medians.oursNoBackground) : undefined;
   if (rf) {
     say('');
@@ -178,7 +207,10 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
   say(`(every word of every run checked: ${runs.reduce((n, r) => n + r.wrongWords, 0)} wrong${failures.length ? `; ${failures.length} run(s) FAILED and are not in the medians` : ''})`);
   const seriesOf = (metric: 'touch' | 'fault') =>
     Object.fromEntries(
-      plans.map((p) => [p.daemon === 'criu' ? 'criu' : p.background ? 'ours' : 'oursNoBackground', { label: label(p), runs: hists.get(label(p))![metric] }]),
+      plans.map((p) => [
+        p.daemon === 'criu' ? 'criu' : p.workingSet ? 'oursWorkingSet' : p.background ? 'ours' : 'oursNoBackground',
+        { label: label(p), runs: hists.get(label(p))![metric] },
+      ]),
     );
   if (o.json) {
     writeJson(o.json, {
@@ -192,6 +224,7 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
       runs,
       medians,
       ratios: ratios(medians.ours, medians.criu),
+      ...(medians.oursWorkingSet ? { workingSetRatios: ratios(medians.oursWorkingSet, medians.criu) } : {}),
       remoteFault: rf,
       failures,
       histograms: histogramsDoc({
@@ -232,7 +265,7 @@ function dropPageImages(dir: string): void {
 }
 
 function label(p: Plan): string {
-  return p.daemon === 'criu' ? 'criu lazy-pages' : p.background ? 'lazy-pages daemon' : 'lazy-pages, no bg';
+  return p.daemon === 'criu' ? 'criu lazy-pages' : p.workingSet ? 'lazy-pages + working set' : p.background ? 'lazy-pages daemon' : 'lazy-pages, no bg';
 }
 
 /** A remote run: a fresh program, its lazy dump serving the pages, one restore, the dump's exit. */

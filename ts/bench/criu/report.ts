@@ -73,15 +73,25 @@ const fmt = (v: number | null | undefined, digits: number, unit: string) =>
   typeof v === 'number' ? `${v.toLocaleString('en', { minimumFractionDigits: digits, maximumFractionDigits: digits })}${unit ? ` ${unit}` : ''}` : '—';
 
 /** The table: one row per measure; columns CRIU, ours (and ours without background, remote), ours / CRIU. */
-export function formatTable(c: ReportContext, criu: Medians, ours: Medians, oursAlone?: Medians): string {
+export function formatTable(c: ReportContext, criu: Medians, ours: Medians, oursAlone?: Medians, oursWs?: Medians): string {
   const r = ratios(ours, criu);
-  const head = ['measure', '`criu lazy-pages`', '`lazy-pages daemon`', ...(oursAlone ? ['ours, --no-background'] : []), 'ours / CRIU'];
+  const rw = oursWs ? ratios(oursWs, criu) : undefined;
+  const x = (v: unknown) => (typeof v === 'number' ? `${v.toFixed(2)}×` : '—');
+  const head = [
+    'measure',
+    '`criu lazy-pages`',
+    '`lazy-pages daemon`',
+    ...(oursAlone ? ['ours, --no-background'] : []),
+    'ours / CRIU',
+    ...(oursWs ? ['ours + working set', 'with working set / CRIU'] : []),
+  ];
   const rows = ROWS.map((row) => [
     row.label(c),
     fmt(criu[row.key], row.digits, row.unit),
     fmt(ours[row.key], row.digits, row.unit),
     ...(oursAlone ? [fmt(oursAlone[row.key], row.digits, row.unit)] : []),
-    typeof r[row.key] === 'number' ? `${(r[row.key] as number).toFixed(2)}×` : '—',
+    x(r[row.key]),
+    ...(oursWs && rw ? [fmt(oursWs[row.key], row.digits, row.unit), x(rw[row.key])] : []),
   ]);
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((x) => x[i].length)));
   const line = (cells: string[]) => `| ${cells.map((x, i) => (i === 0 ? x.padEnd(w[i]) : x.padStart(w[i]))).join(' | ')} |`;

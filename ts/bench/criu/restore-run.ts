@@ -38,12 +38,18 @@ export interface RunSpec {
   touchSeed: number;
   /** A fresh directory for the sockets and logs of this run. */
   workDir: string;
+  /** More options for our daemon (--record-working-set F, --working-set F). */
+  oursArgs?: string[];
+  /** Ours restoring with a working set recorded earlier (reported as its own column). */
+  workingSet?: boolean;
 }
 
 /** One run's numbers (times in the unit their name says). */
 export interface RunResult {
   daemon: DaemonKind;
   background: boolean;
+  /** Ours restoring with a working set recorded on an earlier restore. */
+  workingSet: boolean;
   touchSeed: number;
   /** restore start → the daemon exited (every page in). */
   allInS: number;
@@ -108,7 +114,7 @@ export async function restoreRun(procs: Procs, s: RunSetup, r: RunSpec): Promise
   const daemonArgv =
     r.daemon === 'criu'
       ? [s.criu, 'lazy-pages', '-D', s.imagesDir, '-W', r.workDir, '--status-fd', '3', '-o', 'lazy-pages.log', s.criuV4 ? '-v4' : '-v2', ...ps]
-      : [...s.oursCmd, 'daemon', '-D', s.imagesDir, '-W', r.workDir, '--status-fd', '3', '-o', log, ...(r.background ? [] : ['--no-background']), ...ps];
+      : [...s.oursCmd, 'daemon', '-D', s.imagesDir, '-W', r.workDir, '--status-fd', '3', '-o', log, ...(r.background ? [] : ['--no-background']), ...ps, ...(r.oursArgs ?? [])];
   const daemon = procs.spawn(`${r.daemon === 'criu' ? 'criu lazy-pages' : 'lazy-pages daemon'}`, s.rusage, [usageFile, ...daemonArgv], {
     stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
   });
@@ -180,6 +186,7 @@ export async function restoreRun(procs: Procs, s: RunSetup, r: RunSpec): Promise
     const result: RunResult = {
       daemon: r.daemon,
       background: r.background,
+      workingSet: r.workingSet ?? false,
       touchSeed: r.touchSeed,
       allInS,
       resumeS: Number(resumedWallNs - t0Wall) / 1e9,

@@ -47,6 +47,7 @@ const criuSchema = z.object({
   tree: z.boolean(),
   remote: z.boolean(),
   criuV4: z.boolean(),
+  workingSet: z.boolean(),
   json: z.string().min(1).optional(),
   plot: z.string().min(1).optional(),
 });
@@ -74,6 +75,13 @@ export const benchCommand: CommandModule<object, Record<string, unknown>> = {
       .option('criu', { type: 'string', describe: 'compare with `criu lazy-pages` on real dumps and restores instead (PATH of criu, else $CRIU, else ../shared/criu/build.sh)' })
       .option('touches', { type: 'number', default: 8192, describe: 'with --criu: random pages the restored program touches first (each first touch timed)' })
       .option('tree', { type: 'boolean', default: false, describe: 'with --criu: a 3-process tree, the memory and the touches split among them' })
+      .option('working-set', {
+        type: 'boolean',
+        default: false,
+        describe:
+          'with --criu (local): record a working set on one restore first, then restore with it too, side by side with CRIU ' +
+          'and ours without it (every run then touches the same pages, as repeated restores of one checkpoint do)',
+      })
       .option('criu-v4', { type: 'boolean', default: false, describe: "with --criu: run criu lazy-pages at -v4 to count its pages on demand (slows CRIU's faults)" }),
   handler: async (argv) => {
     if (argv.criu !== undefined) {
@@ -85,6 +93,7 @@ export const benchCommand: CommandModule<object, Record<string, unknown>> = {
         tree: argv.tree,
         remote: argv.remote ?? false,
         criuV4: argv['criu-v4'],
+        workingSet: argv['working-set'],
         json: argv.json,
         plot: plotPath(argv.plot as string | boolean | undefined, argv.json as string | undefined),
       });
