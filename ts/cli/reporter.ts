@@ -49,6 +49,8 @@ export class Reporter {
         return this.line(3, `lazy-pages: pid ${e.pid} is a zombie`);
       case 'working-set':
         return this.line(3, `lazy-pages: pid ${e.pid}: installing its working set first (${e.pages} pages in ${e.ranges} ranges)`);
+      case 'working-set-installed':
+        return this.line(2, `lazy-pages: pid ${e.pid}: working set installed, ${e.pages} pages copied early (at ${e.atMs.toFixed(1)} ms since the epoch)`);
       case 'restore-finished':
         return this.line(3, 'lazy-pages: restore finished, background transfer starts');
       case 'fork':

@@ -534,6 +534,10 @@ class Daemon implements LazyPagesDaemon {
         this.fail(new UserError('EPAGESERVER', ev.message));
         return;
       }
+      if (ev.type === 'early-done') {
+        this.emit({ type: 'working-set-installed', pid: ev.pid, pages: ev.bytes / PAGE_SIZE, atMs: ev.atMs });
+        continue;
+      }
       if (ev.type === 'error' && ev.procId === undefined) {
         this.emit({ type: 'warning', message: `native core: ${ev.message}` });
         continue;

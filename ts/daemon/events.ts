@@ -29,6 +29,11 @@ export type DaemonEvent =
    * in the order they were first touched then.
    */
   | { type: 'working-set'; pid: number; pages: number; ranges: number }
+  /**
+   * The working set of this process was installed (copied early, from its hand-over on: see
+   * `workingSet`); `atMs` is when the last page went in, in ms since the Unix epoch.
+   */
+  | { type: 'working-set-installed'; pid: number; pages: number; atMs: number }
   /** The restorer said "restore finished": background transfer may start. */
   | { type: 'restore-finished' }
   /** A process forked after the restore; the child is served from the same images. */

@@ -298,7 +298,12 @@ export type NativeEvent =
    * complete as `error`, and faults waiting on it stay blocked: kill those processes. (`procId` is always
    * absent: it is declared so code that reads `ev.procId` on any event still type-checks.)
    */
-  | { type: 'source-error'; procId?: undefined; message: string };
+  | { type: 'source-error'; procId?: undefined; message: string }
+  /**
+   * Every run preloaded for the task with checkpoint pid `pid` ({@link EventLoop.preload}) was
+   * copied early: `bytes` placed (the rest was present), the last at `atMs` (ms since the Unix epoch).
+   */
+  | { type: 'early-done'; procId?: undefined; pid: number; bytes: number; atMs: number };
 
 const num = (v: unknown): v is number => typeof v === 'number';
 const big = (v: unknown): v is bigint => typeof v === 'bigint';
@@ -346,6 +351,9 @@ export function parseNativeEvent(r: Raw.RawLoopEvent): NativeEvent {
       return num(p) ? { type: 'error', procId: p, message: r.message ?? '' } : { type: 'error', message: r.message ?? '' };
     case 'source-error':
       return { type: 'source-error', message: r.message ?? 'page server failed' };
+    case 'early-done':
+      if (num(r.pid) && num(r.bytes) && num(r.atMs)) return { type: 'early-done', pid: r.pid, bytes: r.bytes, atMs: r.atMs };
+      break;
   }
   throw badEvent(r);
 }

@@ -43,6 +43,8 @@ pub struct Run {
 
 /// The early copies of one task.
 pub struct Early {
+  /// The task's checkpoint pid.
+  pub pid: i32,
   uffd: Uffd,
   runs: VecDeque<Run>,
   retry_at: Option<Instant>,
@@ -55,8 +57,8 @@ pub struct Early {
 }
 
 impl Early {
-  pub fn new(uffd: Uffd, runs: VecDeque<Run>) -> Early {
-    Early { uffd, runs, retry_at: None, copied: 0, proc_id: None, buf: PageBuf::new(BUFFERED as usize) }
+  pub fn new(pid: i32, uffd: Uffd, runs: VecDeque<Run>) -> Early {
+    Early { pid, uffd, runs, retry_at: None, copied: 0, proc_id: None, buf: PageBuf::new(BUFFERED as usize) }
   }
 
   /// Is `fd` the same open userfaultfd as ours (a duplicate of one file description)? kcmp(2):
@@ -66,6 +68,11 @@ impl Early {
     const KCMP_FILE: libc::c_int = 0;
     // SAFETY: kcmp only compares two fds of this process; no memory is passed.
     unsafe { libc::syscall(libc::SYS_kcmp, me, me, KCMP_FILE, self.uffd.raw(), fd) == 0 }
+  }
+
+  /// Every run was copied (or found present): not ended by an error or the task's end.
+  pub fn is_complete(&self) -> bool {
+    self.runs.is_empty()
   }
 
   /// When it is worth trying again (None: now).

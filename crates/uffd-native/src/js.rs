@@ -378,6 +378,9 @@ pub struct RawLoopEvent {
   pub errno: Option<i32>,
   pub reason: Option<String>,
   pub message: Option<String>,
+  /// `early-done`: the task's checkpoint pid, and when (ms since the Unix epoch).
+  pub pid: Option<i32>,
+  pub at_ms: Option<f64>,
 }
 
 fn loop_event(o: Out) -> RawLoopEvent {
@@ -406,6 +409,8 @@ fn loop_event(o: Out) -> RawLoopEvent {
     errno: None,
     reason: None,
     message: None,
+    pid: None,
+    at_ms: None,
   };
   match o {
     Out::Served { proc_id, images, lens, zero_pages, last_live, .. } => RawLoopEvent {
@@ -437,6 +442,9 @@ fn loop_event(o: Out) -> RawLoopEvent {
     Out::Gone { proc_id, reason } => RawLoopEvent { reason: Some(reason), ..ev("gone", Some(proc_id)) },
     Out::Error { proc_id, message } => RawLoopEvent { message: Some(message), ..ev("error", proc_id) },
     Out::SourceError { message } => RawLoopEvent { message: Some(message), ..ev("source-error", None) },
+    Out::EarlyDone { pid, bytes, at_ms } => {
+      RawLoopEvent { pid: Some(pid), bytes: Some(bytes as f64), at_ms: Some(at_ms), ..ev("early-done", None) }
+    }
   }
 }
 

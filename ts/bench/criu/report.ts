@@ -29,6 +29,7 @@ export interface ReportContext {
 const ROWS: Row[] = [
   { key: 'allInS', label: () => 'restore start → all pages in (daemon exit)', unit: 's', digits: 3 },
   { key: 'resumeS', label: () => 'restore start → program resumed', unit: 's', digits: 3 },
+  { key: 'workingSetInS', label: () => 'restore start → working set installed', unit: 's', digits: 3 },
   { key: 'touchTotalMs', label: (c) => `${c.touches} random first touches, total`, unit: 'ms', digits: 1 },
   { key: 'touchP50Us', label: () => 'touch p50', unit: 'µs', digits: 1 },
   { key: 'touchP99Us', label: () => 'touch p99', unit: 'µs', digits: 1 },

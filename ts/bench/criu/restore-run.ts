@@ -53,6 +53,8 @@ export interface RunResult {
   touchSeed: number;
   /** restore start → the daemon exited (every page in). */
   allInS: number;
+  /** restore start → the working set installed (ours with --working-set; null otherwise). */
+  workingSetInS: number | null;
   /** restore start → the program (first process) resumed. */
   resumeS: number;
   touches: number;
@@ -183,6 +185,8 @@ export async function restoreRun(procs: Procs, s: RunSetup, r: RunSpec): Promise
       }
     })();
     const counts = r.daemon === 'criu' ? (s.criuV4 ? criuPageCounts(logText) : undefined) : oursPageCounts(logText);
+    // Ours with a working set says when each process's was installed (wall clock, ms): the last one.
+    const wsAt = [...logText.matchAll(/working set installed, \d+ pages copied early \(at ([\d.]+) ms since the epoch\)/g)].map((m) => Number(m[1]));
     const result: RunResult = {
       daemon: r.daemon,
       background: r.background,
@@ -190,6 +194,7 @@ export async function restoreRun(procs: Procs, s: RunSetup, r: RunSpec): Promise
       touchSeed: r.touchSeed,
       allInS,
       resumeS: Number(resumedWallNs - t0Wall) / 1e9,
+      workingSetInS: wsAt.length ? (Math.max(...wsAt) - Number(t0Wall / 1000000n)) / 1000 : null,
       touches: all.length,
       touchTotalMs,
       touchP50Us: pct(all, 0.5),
