@@ -157,7 +157,7 @@ pub fn next_step<S: Source>(src: &mut S, is_uffd: &dyn Fn(RawFd) -> Result<(), S
 /// Checks with /proc that `fd` is a userfaultfd.
 pub fn proc_is_uffd(fd: RawFd) -> Result<(), String> {
   match fd_kind(fd) {
-    Some(k) if k == "anon_inode:[userfaultfd]" => Ok(()),
+    Some(k) if k == crate::uffd::UFFD_LINK => Ok(()),
     Some(k) => Err(k),
     None => Err("not an open fd".into()),
   }

@@ -247,7 +247,7 @@ impl Uffd {
   /// caller still owns it).
   pub fn adopt(fd: RawFd) -> Result<Uffd, AdoptError> {
     let what = fd_kind(fd).ok_or(AdoptError::BadFd(fd))?;
-    if what != "anon_inode:[userfaultfd]" {
+    if what != UFFD_LINK {
       return Err(AdoptError::NotUffd(fd, what));
     }
     // SAFETY: the fd is open (readlink succeeded) and the caller hands its ownership to us.
@@ -327,6 +327,9 @@ impl Uffd {
     CopyResult::from_kernel(r, e, z.zeropage, len)
   }
 }
+
+/// What `/proc/self/fd/N` of a userfaultfd points to.
+pub const UFFD_LINK: &str = "anon_inode:[userfaultfd]";
 
 /// What `/proc/self/fd/N` points to, or None if the fd is not open.
 pub fn fd_kind(fd: RawFd) -> Option<String> {
