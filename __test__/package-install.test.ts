@@ -6,7 +6,7 @@
  */
 import test from 'ava';
 import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { delimiter, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 
@@ -14,7 +14,7 @@ import { repoRoot, synth, tempDir } from './helpers/common.js';
 
 const run = promisify(execFile);
 
-test('pack:local tarballs install into an empty project without cargo; --version, check, demo and an ESM import work', async (t) => {
+test('pack:local tarballs install into an empty project without cargo; --version, check, demo and an ESM import work; without the platform package, one line each (ENATIVE, ENOSIM)', async (t) => {
   const dir = tempDir(t, 'lazy-consumer-');
   const packDir = join(dir, 'pack');
   const packed = execFileSync(process.execPath, [join(repoRoot, 'scripts', 'pack-local.mjs'), '--out', packDir], { encoding: 'utf8' });
@@ -68,4 +68,21 @@ console.log(JSON.stringify({ type: typeof startLazyPagesDaemon, listening }));
   );
   const used = JSON.parse((await run(process.execPath, ['use.mjs'], opts)).stdout.trim()) as { type: string; listening: boolean };
   t.deepEqual(used, { type: 'function', listening: true });
+
+  // Without a platform package that fits (another OS, --omit=optional): --version and --help still
+  // work, and what needs the addon says so in one line with its code.
+  // (As npm leaves it out where it does not fit: the main package still names it as optional.)
+  rmSync(join(project, 'node_modules', platform!.replace(/-\d+\.\d+\.\d+.*$/, '')), { recursive: true, force: true });
+  t.is((await run(bin, ['--version'], opts)).stdout.trim(), version);
+  const fails = (args: string[]) =>
+    run(bin, args, opts).then(
+      () => undefined,
+      (e: { code?: number; stderr?: string }) => e,
+    );
+  const daemon = await fails(['daemon', '-D', ck.dir, '-W', tempDir(t, 'lazy-consumer-work2-')]);
+  t.is(daemon?.code, 1);
+  t.regex(daemon?.stderr ?? '', /^lazy-pages: the native addon cannot be loaded .* \(ENATIVE\)\n$/);
+  const noSim = await fails(['demo']);
+  t.is(noSim?.code, 1);
+  t.regex(noSim?.stderr ?? '', /^lazy-pages: the restore simulator is not installed .*install the platform package.* \(ENOSIM\)\n$/);
 });
