@@ -148,3 +148,16 @@ criuTest('working set: recorded locally, replayed from CRIU\'s page server (one 
   t.regex(second.log, /installing its working set first/);
   t.log(`pages on demand: ${first.onDemand} recorded, ${second.onDemand} replayed remotely`);
 }, { serial: true });
+
+criuTest('working set: a program that forks, drops and moves its memory at once (uffd events) reads every byte right with one replayed', async (t) => {
+  // The early copies go by image address: they must stop at the first layout event, or a page could
+  // land where the program moved or dropped its memory. The program checks every byte in both processes.
+  const { prog, images, dir } = await dumped(t, 'uffd-events', []);
+  const ws = join(dir, 'ws.json');
+  await restoreOnce(t, prog, images, join(dir, 'r1', 'work'), ['--record-working-set', ws, '--no-background']);
+  for (let i = 0; i < 3; i++) {
+    const r = await restoreOnce(t, prog, images, join(dir, `r${i + 2}`, 'work'), ['--working-set', ws]);
+    t.regex(r.log, /installing its working set first/);
+  }
+}, { serial: true });
+
