@@ -346,9 +346,7 @@ impl Shared {
   }
 
   fn kick(&self) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes to our own eventfd (never fails but with EAGAIN on counter overflow, harmless).
-    unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    crate::poller::wake(self.wake.as_raw_fd());
   }
 }
 
@@ -429,17 +427,12 @@ impl Drop for LoopHandle {
 }
 
 pub(crate) fn epoll_add(ep: RawFd, fd: RawFd, tok: u64) -> std::io::Result<()> {
-  let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: tok };
-  // SAFETY: `ev` is valid for the call; both fds are open.
-  if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
-    return Err(std::io::Error::last_os_error());
-  }
-  Ok(())
+  crate::poller::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, tok)
 }
 
 fn epoll_del(ep: RawFd, fd: RawFd) {
-  // SAFETY: removing an fd from our epoll set; errors (already removed) are irrelevant.
-  unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+  // An error (already removed) is irrelevant.
+  let _ = crate::poller::epoll_ctl(ep, libc::EPOLL_CTL_DEL, fd, 0, 0);
 }
 
 fn pidfd_open(pid: i32) -> Option<OwnedFd> {

@@ -435,9 +435,7 @@ impl Listener {
   /// Stops the thread, unlinks the socket. Idempotent.
   pub fn close(&mut self) {
     self.stop.store(true, Ordering::SeqCst);
-    let one: u64 = 1;
-    // SAFETY: writing 8 bytes to our eventfd to wake the poll.
-    unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    crate::poller::wake(self.wake.as_raw_fd());
     if let Some(t) = self.thread.take() {
       let _ = t.join();
       let _ = std::fs::remove_file(&self.path);

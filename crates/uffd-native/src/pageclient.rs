@@ -232,9 +232,8 @@ impl Conn {
     }
     self.pollout = on;
     let events = libc::EPOLLIN | if on { libc::EPOLLOUT } else { 0 };
-    let mut ev = libc::epoll_event { events: events as u32, u64: self.tok };
-    // SAFETY: `ev` is valid for the call; the fd is registered in `ep` (attach) and open.
-    unsafe { libc::epoll_ctl(self.ep, libc::EPOLL_CTL_MOD, self.raw(), &mut ev) };
+    // The fd is registered in `ep` (attach) and open; an error cannot be acted on here.
+    let _ = crate::poller::epoll_ctl(self.ep, libc::EPOLL_CTL_MOD, self.raw(), events as u32, self.tok);
   }
 
   /// Reads into the given buffers (one readv): a fault's reply header and page arrive in one syscall.
@@ -358,19 +357,14 @@ impl PageClient {
     self.conn.ep = ep;
     self.conn.tok = tok;
     let events = libc::EPOLLIN | if self.conn.pollout { libc::EPOLLOUT } else { 0 };
-    let mut ev = libc::epoll_event { events: events as u32, u64: tok };
-    // SAFETY: `ev` is valid for the call; the fd is open.
-    if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, self.conn.raw(), &mut ev) } != 0 {
-      return Err(errno());
-    }
-    Ok(())
+    crate::poller::epoll_ctl(ep, libc::EPOLL_CTL_ADD, self.conn.raw(), events as u32, tok)
   }
 
   /// Unregisters the socket (before dropping the client).
   pub fn detach(&mut self) {
     if self.conn.ep >= 0 {
-      // SAFETY: removing our own fd from the loop's epoll; an error (not registered) is irrelevant.
-      unsafe { libc::epoll_ctl(self.conn.ep, libc::EPOLL_CTL_DEL, self.conn.raw(), std::ptr::null_mut()) };
+      // An error (not registered) is irrelevant.
+      let _ = crate::poller::epoll_ctl(self.conn.ep, libc::EPOLL_CTL_DEL, self.conn.raw(), 0, 0);
       self.conn.ep = -1;
     }
   }

@@ -18,13 +18,14 @@ pub mod request;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::outbox::Outbox;
+use crate::poller::epoll_ctl;
 use catalog::Catalog;
 use conn::{Conn, Read_, Turn};
 use limits::{AcceptErr, Cidr, Gate};
@@ -153,9 +154,7 @@ pub struct Shared {
 
 impl Shared {
   fn kick(&self) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live u64 to our own eventfd (EAGAIN on counter overflow is harmless).
-    unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    crate::poller::wake(self.wake.as_raw_fd());
   }
 }
 
@@ -182,15 +181,6 @@ impl Drop for Handle {
   fn drop(&mut self) {
     self.close();
   }
-}
-
-fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, tok: u64) -> std::io::Result<()> {
-  let mut ev = libc::epoll_event { events, u64: tok };
-  // SAFETY: `ev` is valid for the call; both fds are open (DEL ignores `ev`).
-  if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } != 0 {
-    return Err(std::io::Error::last_os_error());
-  }
-  Ok(())
 }
 
 /// Binds and listens (synchronously, so the caller learns the real port), then starts the thread.
