@@ -1207,11 +1207,8 @@ impl Loop {
     *last_live = live;
   }
 
-  /// Runs one piece (≤ piece bytes) of the first request, urgent ones first. A piece of background work
-  /// may span several small requests, in order: a working set is thousands of runs of a page or a few,
-  /// and one request per loop turn would install it at the pace of the program's own faults (each
-  /// turn also handles faults), never ahead of them. Bounded by the piece size all the same, so a
-  /// fault waits no longer behind small requests than behind one big one.
+  /// Runs one piece (≤ piece bytes) of the first request, urgent ones first; early copies (a
+  /// working set) before the background, as they are what the program touches first.
   fn run_one_piece(&mut self) {
     let urgent = !self.urgent.is_empty();
     // While a fault's page is on the wire, background copies wait: they would take the CPU the
@@ -1219,38 +1216,25 @@ impl Loop {
     if !urgent && self.client.as_ref().is_some_and(|c| c.urgent_outstanding()) {
       return;
     }
-    // Early copies (a working set) come before the background: they are what the program touches first.
     if !urgent && self.run_early() {
       return;
     }
-    let budget = if urgent { 0 } else { self.piece_now() };
-    let mut spent = 0;
-    loop {
-      let Some(mut job) = (if urgent { self.urgent.pop_front() } else { self.background.pop_front() }) else {
-        return;
-      };
-      let before = job.done;
-      let res = self.step(&mut job);
-      // What this step moved counts whether or not it finished the job (a finishing step may have been
-      // a whole piece); a step that moved nothing (a completion, a skipped page) counts a page, so this ends.
-      spent += job.done.saturating_sub(before) + PAGE;
-      match res {
-        Some(done) => {
-          self.out.push(done);
-          if let (Source::Fetched(b), Some(c)) = (job.src, self.client.as_mut()) {
-            c.recycle(b);
-          }
-        }
-        None => {
-          if urgent {
-            self.urgent.push_front(job)
-          } else {
-            self.background.push_front(job)
-          }
+    let Some(mut job) = (if urgent { self.urgent.pop_front() } else { self.background.pop_front() }) else {
+      return;
+    };
+    match self.step(&mut job) {
+      Some(done) => {
+        self.out.push(done);
+        if let (Source::Fetched(b), Some(c)) = (job.src, self.client.as_mut()) {
+          c.recycle(b);
         }
       }
-      if urgent || spent >= budget {
-        return;
+      None => {
+        if urgent {
+          self.urgent.push_front(job)
+        } else {
+          self.background.push_front(job)
+        }
       }
     }
   }
