@@ -58,21 +58,6 @@ pub enum Status {
   Error,
 }
 
-impl Status {
-  /// The JS spelling.
-  pub fn as_str(&self) -> &'static str {
-    match self {
-      Status::Ok => "ok",
-      Status::Again => "again",
-      Status::Exists => "exists",
-      Status::NoEnt => "noent",
-      Status::Gone => "gone",
-      Status::Stale => "stale",
-      Status::Error => "error",
-    }
-  }
-}
-
 /// Reports to TS.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Out {

@@ -351,100 +351,74 @@ impl HandoverListener {
   }
 }
 
-/// One event-loop report; see the TS facade for the union.
-#[napi(object, object_from_js = false)]
-pub struct RawLoopEvent {
-  #[napi(js_name = "type")]
-  pub kind: String,
-  pub proc_id: Option<u32>,
-  pub child_proc_id: Option<u32>,
-  pub req_id: Option<u32>,
-  pub gen: Option<u32>,
-  pub address: Option<BigInt>,
-  pub flags: Option<BigInt>,
-  pub from: Option<BigInt>,
-  pub to: Option<BigInt>,
-  pub len: Option<BigInt>,
-  pub start: Option<BigInt>,
-  pub end: Option<BigInt>,
-  pub live: Option<BigInt>,
-  pub image: Option<BigInt>,
-  pub images: Option<Float64Array>,
-  pub lens: Option<Float64Array>,
-  pub zero_pages: Option<f64>,
-  pub how: Option<String>,
-  pub status: Option<String>,
-  pub bytes: Option<f64>,
-  pub errno: Option<i32>,
-  pub reason: Option<String>,
-  pub message: Option<String>,
-  /// `early-done`: the task's checkpoint pid, and when (ms since the Unix epoch).
-  pub pid: Option<i32>,
-  pub at_ms: Option<f64>,
+/// How a request ended (`done` events).
+#[napi(string_enum = "lowercase")]
+pub enum DoneStatus {
+  Ok,
+  Again,
+  Exists,
+  NoEnt,
+  Gone,
+  Stale,
+  Error,
 }
 
-fn loop_event(o: Out) -> RawLoopEvent {
-  let b = |v: u64| Some(BigInt::from(v));
-  let ev = |kind: &str, proc_id: Option<u32>| RawLoopEvent {
-    kind: kind.into(),
-    proc_id,
-    child_proc_id: None,
-    req_id: None,
-    gen: None,
-    address: None,
-    flags: None,
-    from: None,
-    to: None,
-    len: None,
-    start: None,
-    end: None,
-    live: None,
-    image: None,
-    images: None,
-    lens: None,
-    zero_pages: None,
-    how: None,
-    status: None,
-    bytes: None,
-    errno: None,
-    reason: None,
-    message: None,
-    pid: None,
-    at_ms: None,
-  };
+impl From<event_loop::Status> for DoneStatus {
+  fn from(s: event_loop::Status) -> DoneStatus {
+    match s {
+      event_loop::Status::Ok => DoneStatus::Ok,
+      event_loop::Status::Again => DoneStatus::Again,
+      event_loop::Status::Exists => DoneStatus::Exists,
+      event_loop::Status::NoEnt => DoneStatus::NoEnt,
+      event_loop::Status::Gone => DoneStatus::Gone,
+      event_loop::Status::Stale => DoneStatus::Stale,
+      event_loop::Status::Error => DoneStatus::Error,
+    }
+  }
+}
+
+/// One event-loop report, as a discriminated union on `type` (the TS facade documents each).
+#[napi(discriminant_case = "kebab-case", object_from_js = false)]
+pub enum LoopEvent {
+  Served { proc_id: u32, live: BigInt, images: Float64Array, lens: Float64Array, zero_pages: f64 },
+  PageFault { proc_id: u32, address: BigInt, flags: BigInt, gen: u32 },
+  Fork { proc_id: u32, child_proc_id: u32 },
+  Remap { proc_id: u32, from: BigInt, to: BigInt, len: BigInt },
+  Remove { proc_id: u32, start: BigInt, end: BigInt },
+  Unmap { proc_id: u32, start: BigInt, end: BigInt },
+  Done { proc_id: u32, req_id: u32, status: DoneStatus, bytes: f64, errno: Option<i32> },
+  Exit { proc_id: u32 },
+  Gone { proc_id: u32, reason: String },
+  Error { proc_id: Option<u32>, message: String },
+  SourceError { message: String },
+  EarlyDone { pid: i32, bytes: f64, at_ms: f64 },
+}
+
+fn loop_event(o: Out) -> LoopEvent {
+  let b = BigInt::from;
   match o {
-    Out::Served { proc_id, images, lens, zero_pages, last_live, .. } => RawLoopEvent {
+    Out::Served { proc_id, images, lens, zero_pages, last_live, .. } => LoopEvent::Served {
+      proc_id,
       live: b(last_live),
-      images: Some(Float64Array::new(images)),
-      lens: Some(Float64Array::new(lens)),
-      zero_pages: Some(zero_pages as f64),
-      ..ev("served", Some(proc_id))
+      images: Float64Array::new(images),
+      lens: Float64Array::new(lens),
+      zero_pages: zero_pages as f64,
     },
     Out::PageFault { proc_id, address, flags, gen } => {
-      RawLoopEvent { address: b(address), flags: b(flags), gen: Some(gen), ..ev("pagefault", Some(proc_id)) }
+      LoopEvent::PageFault { proc_id, address: b(address), flags: b(flags), gen }
     }
-    Out::Fork { proc_id, child_proc_id } => {
-      RawLoopEvent { child_proc_id: Some(child_proc_id), ..ev("fork", Some(proc_id)) }
+    Out::Fork { proc_id, child_proc_id } => LoopEvent::Fork { proc_id, child_proc_id },
+    Out::Remap { proc_id, from, to, len } => LoopEvent::Remap { proc_id, from: b(from), to: b(to), len: b(len) },
+    Out::Remove { proc_id, start, end } => LoopEvent::Remove { proc_id, start: b(start), end: b(end) },
+    Out::Unmap { proc_id, start, end } => LoopEvent::Unmap { proc_id, start: b(start), end: b(end) },
+    Out::Done { proc_id, req_id, status, bytes, errno } => {
+      LoopEvent::Done { proc_id, req_id, status: status.into(), bytes: bytes as f64, errno }
     }
-    Out::Remap { proc_id, from, to, len } => {
-      RawLoopEvent { from: b(from), to: b(to), len: b(len), ..ev("remap", Some(proc_id)) }
-    }
-    Out::Remove { proc_id, start, end } => RawLoopEvent { start: b(start), end: b(end), ..ev("remove", Some(proc_id)) },
-    Out::Unmap { proc_id, start, end } => RawLoopEvent { start: b(start), end: b(end), ..ev("unmap", Some(proc_id)) },
-    Out::Done { proc_id, req_id, status, bytes, errno } => RawLoopEvent {
-      req_id: Some(req_id),
-      status: Some(status.as_str().into()),
-      bytes: Some(bytes as f64),
-      errno,
-      ..ev("done", Some(proc_id))
-    },
-    Out::Exit { proc_id } => ev("exit", Some(proc_id)),
-    Out::Gone { proc_id, reason } => RawLoopEvent { reason: Some(reason), ..ev("gone", Some(proc_id)) },
-    Out::Error { proc_id, message } => RawLoopEvent { message: Some(message), ..ev("error", proc_id) },
-    Out::SourceError { message } => RawLoopEvent { message: Some(message), ..ev("source-error", None) },
-    Out::EarlyDone { pid, bytes, at_ms } => {
-      RawLoopEvent { pid: Some(pid), bytes: Some(bytes as f64), at_ms: Some(at_ms), ..ev("early-done", None) }
-    }
+    Out::Exit { proc_id } => LoopEvent::Exit { proc_id },
+    Out::Gone { proc_id, reason } => LoopEvent::Gone { proc_id, reason },
+    Out::Error { proc_id, message } => LoopEvent::Error { proc_id, message },
+    Out::SourceError { message } => LoopEvent::SourceError { message },
+    Out::EarlyDone { pid, bytes, at_ms } => LoopEvent::EarlyDone { pid, bytes: bytes as f64, at_ms },
   }
 }
 
@@ -534,7 +508,7 @@ impl<S: Send + Sync + 'static, R: napi::bindgen_prelude::ToNapiValue + 'static> 
 #[napi]
 pub struct EventLoop {
   handle: LoopHandle,
-  callback: BatchCallback<event_loop::Shared, RawLoopEvent>,
+  callback: BatchCallback<event_loop::Shared, LoopEvent>,
   images: std::collections::HashMap<u32, image::PageImage>,
   next_image: u32,
 }
@@ -572,8 +546,8 @@ fn page_multiple(v: u64, what: &'static str) -> Result<u64> {
 #[napi]
 impl EventLoop {
   /// Starts the loop thread; `callback` receives batches of events (an array per call).
-  #[napi(constructor, ts_args_type = "callback: (events: RawLoopEvent[]) => void")]
-  pub fn new(callback: Function<Vec<RawLoopEvent>, ()>) -> Result<EventLoop> {
+  #[napi(constructor, ts_args_type = "callback: (events: LoopEvent[]) => void")]
+  pub fn new(callback: Function<Vec<LoopEvent>, ()>) -> Result<EventLoop> {
     let callback = BatchCallback::new(callback, |s: &event_loop::Shared| s.outbox.take(), loop_event)?;
     let handle = LoopHandle::start(callback.notify()).map_err(to_napi)?;
     callback.started(handle.shared.clone());
