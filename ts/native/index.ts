@@ -263,7 +263,7 @@ export class HandoverListener {
 }
 
 /** Completion status of a `copy`/`copyBuffer`/`zero` request. */
-export type DoneStatus = 'ok' | 'again' | 'exists' | 'noent' | 'gone' | 'stale' | 'error';
+export type DoneStatus = `${Raw.DoneStatus}`;
 
 /** Everything the event loop reports (delivered in batches). */
 export type NativeEvent =

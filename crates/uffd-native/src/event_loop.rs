@@ -46,7 +46,8 @@ pub enum How {
   Zero,
 }
 
-/// Completion status of a request.
+/// Completion status of a request (a string enum in JS: "ok", "again", "exists", "noent", ...).
+#[napi_derive::napi(string_enum = "lowercase", js_name = "DoneStatus")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
   Ok,

@@ -351,32 +351,6 @@ impl HandoverListener {
   }
 }
 
-/// How a request ended (`done` events).
-#[napi(string_enum = "lowercase")]
-pub enum DoneStatus {
-  Ok,
-  Again,
-  Exists,
-  NoEnt,
-  Gone,
-  Stale,
-  Error,
-}
-
-impl From<event_loop::Status> for DoneStatus {
-  fn from(s: event_loop::Status) -> DoneStatus {
-    match s {
-      event_loop::Status::Ok => DoneStatus::Ok,
-      event_loop::Status::Again => DoneStatus::Again,
-      event_loop::Status::Exists => DoneStatus::Exists,
-      event_loop::Status::NoEnt => DoneStatus::NoEnt,
-      event_loop::Status::Gone => DoneStatus::Gone,
-      event_loop::Status::Stale => DoneStatus::Stale,
-      event_loop::Status::Error => DoneStatus::Error,
-    }
-  }
-}
-
 /// One event-loop report, as a discriminated union on `type` (the TS facade documents each).
 #[napi(discriminant_case = "kebab-case", object_from_js = false)]
 pub enum LoopEvent {
@@ -386,7 +360,7 @@ pub enum LoopEvent {
   Remap { proc_id: u32, from: BigInt, to: BigInt, len: BigInt },
   Remove { proc_id: u32, start: BigInt, end: BigInt },
   Unmap { proc_id: u32, start: BigInt, end: BigInt },
-  Done { proc_id: u32, req_id: u32, status: DoneStatus, bytes: f64, errno: Option<i32> },
+  Done { proc_id: u32, req_id: u32, status: event_loop::Status, bytes: f64, errno: Option<i32> },
   Exit { proc_id: u32 },
   Gone { proc_id: u32, reason: String },
   Error { proc_id: Option<u32>, message: String },
@@ -412,7 +386,7 @@ fn loop_event(o: Out) -> LoopEvent {
     Out::Remove { proc_id, start, end } => LoopEvent::Remove { proc_id, start: b(start), end: b(end) },
     Out::Unmap { proc_id, start, end } => LoopEvent::Unmap { proc_id, start: b(start), end: b(end) },
     Out::Done { proc_id, req_id, status, bytes, errno } => {
-      LoopEvent::Done { proc_id, req_id, status: status.into(), bytes: bytes as f64, errno }
+      LoopEvent::Done { proc_id, req_id, status, bytes: bytes as f64, errno }
     }
     Out::Exit { proc_id } => LoopEvent::Exit { proc_id },
     Out::Gone { proc_id, reason } => LoopEvent::Gone { proc_id, reason },
