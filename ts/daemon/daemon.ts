@@ -231,8 +231,6 @@ class Daemon implements LazyPagesDaemon {
   private readonly useGuardian: boolean;
   guardianPid?: number;
   private readonly workingSets: WorkingSets;
-  /** Background requests are parked natively until "restore finished" (a working set queued early). */
-  private parked = false;
 
   constructor(
     private readonly checkpoint: Checkpoint,
@@ -301,6 +299,9 @@ class Daemon implements LazyPagesDaemon {
   start(): void {
     try {
       this.preloadWorkingSets();
+      // Background requests queued before "restore finished" wait natively until the hand-over
+      // thread reads it (HandoverListener.listen(..., this.loop) below).
+      this.loop.park();
       // Before the socket listens: no uffd may arrive while nobody would act if we died.
       if (this.useGuardian) {
         try {
@@ -451,12 +452,10 @@ class Daemon implements LazyPagesDaemon {
           this.emit({ type: 'working-set', pid: ev.pid, pages: first.reduce((n, r) => n + r.pages, 0), ranges: first.length });
         }
         if (this.tsRemote === undefined && !this.nativeRemote) {
-          // The first background requests (the working set's first) are queued natively now, parked,
-          // and the hand-over thread starts them the moment the restorer says "restore finished":
-          // CRIU resumes the tasks right after, and JS, busy or short of CPU, may hear of it tens of
+          // The first background requests are queued natively now, parked (see start()), and the
+          // hand-over thread starts them the moment the restorer says "restore finished": CRIU
+          // resumes the tasks right after, and JS, busy or short of CPU, may hear of it tens of
           // milliseconds later. (Page-server fetches are not parked: they start at "finished".)
-          if (!this.parked) this.loop.park();
-          this.parked = true;
           this.loop.batch(() => this.queueBackground(st));
         }
         return;
@@ -470,8 +469,6 @@ class Daemon implements LazyPagesDaemon {
       case 'finished': {
         if (this.handoverError) throw this.handoverError;
         this.finished = true;
-        if (this.parked) this.loop.unpark();
-        this.parked = false;
         // The background (the working set first) is queued before anything else: the restored
         // program may run from now on, and each millisecond here is a fault it takes instead.
         this.pump();

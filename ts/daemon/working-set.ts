@@ -216,16 +216,25 @@ export class WorkingSets {
     }
   }
 
+  /** The replay file matched against each process once (at start, then again at its hand-over). */
+  private readonly matches = new Map<ProcessImage, { ranges: WorkingSetRange[] } | { why: string }>();
+
+  private match(image: ProcessImage): { ranges: WorkingSetRange[] } | { why: string } | undefined {
+    if (!this.replay) return undefined;
+    let m = this.matches.get(image);
+    if (!m) this.matches.set(image, (m = matchWorkingSet(this.replay, image)));
+    return m;
+  }
+
   /**
    * The runs of each checkpoint process the replay file fits (said nothing of the others: `attach`
    * reports them), to preload before the hand-over.
    */
   fitting(images: readonly ProcessImage[]): { image: ProcessImage; ranges: WorkingSetRange[] }[] {
-    if (!this.replay) return [];
     const out: { image: ProcessImage; ranges: WorkingSetRange[] }[] = [];
     for (const image of images) {
-      const m = matchWorkingSet(this.replay, image);
-      if (!('why' in m)) out.push({ image, ranges: m.ranges });
+      const m = this.match(image);
+      if (m && !('why' in m)) out.push({ image, ranges: m.ranges });
     }
     return out;
   }
@@ -233,8 +242,8 @@ export class WorkingSets {
   /** A process was handed over: start recording it; returns the runs to install first, if any fit. */
   attach(image: ProcessImage): WorkingSetRange[] {
     this.recorder?.attach(image);
-    if (!this.replay) return [];
-    const m = matchWorkingSet(this.replay, image);
+    const m = this.match(image);
+    if (!m) return [];
     if ('why' in m) {
       this.warn(`working set ${this.opts.workingSet}: ${m.why}: ignored for it`);
       return [];

@@ -452,15 +452,11 @@ export class EventLoop {
     call(() => this.raw.preload(pid, imageId, offsets, dsts, lens));
   }
   /**
-   * Background requests from now on are queued natively but not run until {@link unpark} (or tried
-   * early where the kernel lets them land): they start the moment the restore is finished.
+   * Background requests from now on are queued natively but not run until "restore finished", when
+   * the hand-over thread of a {@link HandoverListener} given this loop starts them.
    */
   park(): void {
     this.raw.park();
-  }
-  /** Runs the parked background requests first, in the order they came. */
-  unpark(): void {
-    this.raw.unpark();
   }
   /** Copies `len` bytes of image `imageId` at `fileOffset` to `dst` in pieces; completes with `done`. */
   copy(

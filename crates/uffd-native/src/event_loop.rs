@@ -277,7 +277,8 @@ pub enum Cmd {
   /// hand-over thread sends `Unpark`), with one command. Not earlier: copying while CRIU restores
   /// takes the CPU its restore needs (two cores here) and delayed the program's resume by ~20 ms.
   Park,
-  /// Run the parked jobs first, in the order they came, then the rest; early copies stop.
+  /// "Restore finished" (sent by the hand-over thread): run the parked jobs first, in the order they
+  /// came, then the rest; early copies go on only as early.rs says.
   Unpark,
   /// Runs to copy into the task `pid` (its checkpoint pid) as soon as its uffd arrives (see early.rs).
   Preload {

@@ -632,16 +632,10 @@ impl EventLoop {
     Ok(())
   }
 
-  /// Background requests from now on wait, queued, until `unpark` (see `Cmd::Park`).
+  /// Background requests from now on wait, queued, until "restore finished" (see `Cmd::Park`).
   #[napi]
   pub fn park(&self) {
     self.handle.shared.send(Cmd::Park);
-  }
-
-  /// Runs the parked background requests first, in order, then the others.
-  #[napi]
-  pub fn unpark(&self) {
-    self.handle.shared.send(Cmd::Unpark);
   }
 
   /// Copies `buf` to `dst`; completes with a `done` event.
