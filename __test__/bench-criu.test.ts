@@ -50,6 +50,14 @@ criuTest('bench --criu (16 MiB, 256 touches, 1 run): sane numbers, zero wrong wo
   t.is(typeof res.medians.ours.allInS, 'number');
   t.is(typeof res.ratios.allInS, 'number');
   t.is(res.medians.ours.wrongWords + res.medians.criu.wrongWords, 0);
+  // the floor (bench/floor.c) measured in the same run, and the issue #9 targets set against it
+  t.regex(r.stdout, /the floor on this machine, same run/);
+  t.true(res.floor.medians.faultP50Us > 0 && res.floor.medians.faultP50Us <= res.floor.medians.faultP99Us, JSON.stringify(res.floor.medians));
+  t.true(res.floor.medians.copyS > 0 && res.floor.medians.copyCpuS > 0 && res.floor.medians.nodeStartCpuS > 0, JSON.stringify(res.floor.medians));
+  t.is(res.floor.targets.length, 4);
+  for (const c of res.floor.targets) {
+    t.true(c.limit > 0 && c.floorNeeds >= 0 && c.belowFloor === c.limit < c.floorNeeds, JSON.stringify(c));
+  }
   // its work dir is gone (so no process of it can still hold files there)
   t.deepEqual(readdirSync(tmpdir()).filter((f) => f.startsWith('lazy-pages-bench-criu-') && !before.has(f)), []);
 });

@@ -115,8 +115,7 @@ export class Floor {
    */
   bulk(bytes = 64 << 20): number {
     const pages = Math.floor(bytes / 4096);
-    const img = join(this.dir, `floor-pages-${pages}.img`);
-    if (!existsSync(img)) execFileSync(this.bin, ['gen', '-N', String(pages), '-i', img], { stdio: 'pipe' });
+    const img = this.image(pages);
     const out = execFileSync(this.bin, ['run', '-t', 'bulk', '-H', 'proc', '-c', '2097152', '-n', '1', '-N', String(pages), '-i', img], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -125,6 +124,18 @@ export class Floor {
     const m = / gbs=([\d.]+)/.exec(out);
     if (!m) throw new Error(`floor bulk printed no rate: ${out}`);
     return Number(m[1]);
+  }
+
+  /** The built floor. */
+  get binary(): string {
+    return this.bin;
+  }
+
+  /** A page image of `pages` pages for `floor run -N pages` (generated once). */
+  image(pages: number): string {
+    const img = join(this.dir, `floor-pages-${pages}.img`);
+    if (!existsSync(img)) execFileSync(this.bin, ['gen', '-N', String(pages), '-i', img], { stdio: 'pipe' });
+    return img;
   }
 
   /** Remove the floor's images. */

@@ -19,6 +19,7 @@ import { histogramOf, histogramsDoc, mergeHistograms, type Histogram } from '../
 import { writeLatencyPlot } from '../plot.js';
 import { BENCH_SCHEMA_VERSION } from '../results-json.js';
 import { compile, packageRoot } from './compile.js';
+import { checkTargets, floorMedians, FloorReference, formatFloor, type FloorSample } from './floor-reference.js';
 import { lazyDump, plainDump, waitGone } from './dump.js';
 import { locateCriu, type CriuBinary } from './locate-criu.js';
 import { BenchFailure, startProgram, type ProgramSpec } from './program.js';
@@ -100,6 +101,7 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
   const failures: { run: number; daemon: DaemonKind; background: boolean; error: string }[] = [];
   let lazyBytes = 0;
   let work = '';
+  const floorSamples: FloorSample[] = [];
   await withProcs(async (procs) => {
     work = mkdtempSync(join(tmpdir(), 'lazy-pages-bench-criu-'));
     let keep = false;
@@ -166,7 +168,16 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
         });
         say(`working set recorded on a first restore: ${rec.result.pagesOnDemand ?? '?'} pages on demand (${wsFile})`);
       }
+      // The floor (bench/floor.c), measured between rounds so that it sees the same machine.
+      const floor = FloorReference.prepare(rusage, work, o.size);
+      procs.onCleanup(() => floor?.cleanup());
+      if (!floor) say('floor: bench/floor.c not found; no floor reference');
       for (let i = 0; i < o.runs; i++) {
+        if (floor) {
+          const f = floor.sample(process.execPath, oursBin);
+          floorSamples.push(f);
+          say(`run ${i + 1}/${o.runs} ${'floor'.padEnd(22)} fault p50 ${f.faultP50Us.toFixed(1)} µs, p99 ${f.faultP99Us.toFixed(1)} µs; copy of ${sizeMiB} MiB ${f.copyS.toFixed(3)} s, CPU ${f.copyCpuS.toFixed(3)} s; node start CPU ${f.nodeStartCpuS.toFixed(3)} s`);
+        }
         for (const p of plans) {
           await attempt(i, p, () =>
             restoreRun(procs, base(imagesDir, programDir), {
@@ -204,6 +215,12 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
     say(`remote fault p50 of ours (touches that faulted; CRIU's lazy dump as the server): alone (--no-background) ${rf.aloneP50Us.toFixed(1)} µs, ` +
       `during the background stream ${rf.duringBackgroundP50Us.toFixed(1)} µs: ${rf.ratio.toFixed(2)}× (issue #8 target ≤ 2×: ${rf.met ? 'met' : 'MISSED'})`);
   }
+  const fm = floorMedians(floorSamples);
+  const targets = fm ? checkTargets(medians.criu, medians.ours, fm, sizeMiB, o.touches) : undefined;
+  if (fm && targets) {
+    say('');
+    say(formatFloor(fm, targets, sizeMiB, floorSamples.length));
+  }
   say(`(every word of every run checked: ${runs.reduce((n, r) => n + r.wrongWords, 0)} wrong${failures.length ? `; ${failures.length} run(s) FAILED and are not in the medians` : ''})`);
   const seriesOf = (metric: 'touch' | 'fault') =>
     Object.fromEntries(
@@ -226,6 +243,9 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
       ratios: ratios(medians.ours, medians.criu),
       ...(medians.oursWorkingSet ? { workingSetRatios: ratios(medians.oursWorkingSet, medians.criu) } : {}),
       remoteFault: rf,
+      ...(fm && targets
+        ? { floor: { samples: floorSamples.map(({ latUs: _, ...rest }) => rest), medians: { ...fm, latUs: undefined }, targets } }
+        : {}),
       failures,
       histograms: histogramsDoc({
         touch: { about: 'every timed first touch of the restored program (touches that found their page already in too), all processes', series: seriesOf('touch') },
