@@ -15,7 +15,8 @@
  *   ZERO  only read before the dump (the shared zero page): reads zeros after the restore
  * so both data pages and the daemon's zero-fill are checked, every byte.
  */
-#define _GNU_SOURCE
+#include "../../ts/bench/criu/progs.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -31,21 +32,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define UNUSED __attribute__((unused))
-#define PAGE 4096UL
 #define MiB (1UL << 20)
 
-static const char *g_dir = ".";
 static uint64_t g_seed = 1;
 /* The first mismatch this process found (one line), empty if none. */
 static char g_fail[512];
-
-static inline uint64_t mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 static inline uint64_t word_at(uint64_t tag, uint64_t off, uint64_t seed) {
   return mix64(seed ^ (tag << 40) ^ off) | 1; /* never 0: a zero-filled page never passes for data */
@@ -75,11 +66,6 @@ static UNUSED void fail(const char *fmt, ...) {
 
 static UNUSED int failed(void) {
   return __atomic_load_n(&g_fail[0], __ATOMIC_ACQUIRE) != 0;
-}
-
-static UNUSED void die(const char *what) {
-  fprintf(stderr, "[pid %d] %s: %s\n", (int)getpid(), what, strerror(errno));
-  exit(2);
 }
 
 /* Writes the pattern of `tag` into `len` bytes at `p` (len a multiple of PAGE). */
@@ -147,46 +133,12 @@ static UNUSED int check_zero(const char *what, const volatile uint64_t *p, size_
   return 0;
 }
 
-static UNUSED void path_of(char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", g_dir, name); }
 
-/* Writes `text` to g_dir/name atomically (tmp + rename). */
-static UNUSED void write_file(const char *name, const char *text) {
-  char path[4096], tmp[4200];
-  path_of(path, sizeof path, name);
-  snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) die("open");
-  size_t len = strlen(text), done = 0;
-  while (done < len) {
-    ssize_t n = write(fd, text + done, len - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      die("write");
-    }
-    done += (size_t)n;
-  }
-  if (close(fd)) die("close");
-  if (rename(tmp, path)) die("rename");
-}
+/* Writes `text` to g_dir/name atomically. */
+static UNUSED void write_file(const char *name, const char *text) { write_bytes(name, text, strlen(text)); }
 
-static UNUSED void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) && errno == EINTR) {
-  }
-}
-
-/* Polls for g_dir/go every ms; a dump (freeze, restore) may happen at any point of this loop. */
-static UNUSED void wait_for_go(void) {
-  char path[4096];
-  path_of(path, sizeof path, "go");
-  for (long i = 0; access(path, F_OK) != 0; i++) {
-    if (i > 120000) {
-      fprintf(stderr, "[pid %d] no 'go' after ~2 minutes: giving up\n", (int)getpid());
-      exit(3);
-    }
-    sleep_ms(1);
-  }
-}
+/* Polls for g_dir/go every ms; a dump (freeze, restore) may happen at any point of this wait. */
+static UNUSED void wait_for_go(void) { wait_file("go", 120); }
 
 static UNUSED double now_us(void) {
   struct timespec ts;

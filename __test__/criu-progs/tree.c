@@ -43,18 +43,6 @@ static void announce(const char *role) {
   write_file(name, text);
 }
 
-static void wait_file(const char *name) {
-  char path[4096];
-  path_of(path, sizeof path, name);
-  for (int i = 0; access(path, F_OK) != 0; i++) {
-    if (i > 60000) {
-      fprintf(stderr, "no %s\n", name);
-      exit(3);
-    }
-    sleep_ms(1);
-  }
-}
-
 int main(int argc, char **argv) {
   init_args(argc, argv);
   size_t size = (argc > 3 ? strtoul(argv[3], NULL, 0) : 4) * MiB;
@@ -87,8 +75,8 @@ int main(int argc, char **argv) {
   volatile uint64_t *own = map_anon(size);
   fill_region(own, size, 21);
   make_own(s, size, 0);
-  wait_file("ready-child");
-  wait_file("ready-grandchild");
+  wait_file("ready-child", 60);
+  wait_file("ready-grandchild", 60);
   char ready[64];
   snprintf(ready, sizeof ready, "%d\n", (int)getpid());
   write_file("ready", ready);

@@ -381,7 +381,7 @@ export type ProgName = 'random-touch' | 'uffd-events' | 'tree' | 'threads' | 'th
 export function compileProg(name: ProgName): string {
   const src = join(progsDir, `${name}.c`);
   const h = createHash('sha256');
-  for (const f of [src, join(progsDir, 'common.h')]) h.update(readFileSync(f));
+  for (const f of [src, join(progsDir, 'common.h'), join(progsDir, '..', '..', 'ts', 'bench', 'criu', 'progs.h')]) h.update(readFileSync(f));
   const dir = join(tmpdir(), 'lazy-pages-criu-progs', h.digest('hex').slice(0, 16));
   const out = join(dir, name);
   if (existsSync(out)) return out;

@@ -27,7 +27,8 @@ function cacheRoot(): string {
 export function compile(name: 'prog.c' | 'rusage.c'): string {
   const src = sourcePath(name);
   if (!existsSync(src)) throw new UserError('ENOSOURCE', `bench --criu: ${src} is missing (is the package complete?)`);
-  const hash = createHash('sha256').update(readFileSync(src)).digest('hex').slice(0, 16);
+  // prog.c includes progs.h (shared with the test programs): both make the key.
+  const hash = createHash('sha256').update(readFileSync(src)).update(readFileSync(join(dirname(src), 'progs.h'))).digest('hex').slice(0, 16);
   const dir = join(cacheRoot(), hash);
   const bin = join(dir, name.replace(/\.c$/, ''));
   if (existsSync(bin)) return bin;

@@ -20,49 +20,21 @@
  * Result files are opened only after the restore. A process exits 0 only if every word was right.
  * Before the "go" a process gives up after ~10 minutes (a stray program never lingers for long).
  */
-#define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
+#include "progs.h"
+
 #include <inttypes.h>
 #include <signal.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
-#define PAGE 4096UL
-
-static const char *g_dir;
 static uint64_t g_pattern_seed;
-
-static void die(const char *what) {
-  fprintf(stderr, "[pid %d] %s: %s\n", (int)getpid(), what, strerror(errno));
-  exit(2);
-}
 
 static inline uint64_t pattern(uint64_t tag, uint64_t off) {
   uint64_t x = (g_pattern_seed ^ (tag << 56) ^ off) * 0x9e3779b97f4a7c15ULL;
   return (x ^ (x >> 29)) | 1;
-}
-
-static inline uint64_t mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
 /* CRIU restores the program in a time namespace whose CLOCK_MONOTONIC goes on from the dump: only
@@ -72,46 +44,6 @@ static uint64_t wall_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-static void path_of(char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", g_dir, name); }
-
-/* Writes `len` bytes to DIR/name atomically (tmp + rename). */
-static void write_file(const char *name, const void *data, size_t len) {
-  char path[4096], tmp[4200];
-  path_of(path, sizeof path, name);
-  snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) die("open");
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = write(fd, (const char *)data + done, len - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      die("write");
-    }
-    done += (size_t)n;
-  }
-  if (close(fd)) die("close");
-  if (rename(tmp, path)) die("rename");
-}
-
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) && errno == EINTR) {
-  }
-}
-
-static void wait_file(const char *name) {
-  char path[4096];
-  path_of(path, sizeof path, name);
-  for (long i = 0; access(path, F_OK) != 0; i++) {
-    if (i > 600000) {
-      fprintf(stderr, "[pid %d] no %s after ~10 minutes: giving up\n", (int)getpid(), name);
-      exit(3);
-    }
-    sleep_ms(1);
-  }
 }
 
 /* Memory the program needs only after the restore: a fresh mapping, never part of the checkpoint. */
@@ -204,9 +136,9 @@ static uint64_t run_after_restore(struct region r, int role, size_t touches) {
 
   char name[64];
   snprintf(name, sizeof name, "lat-%d.bin", role);
-  write_file(name, lat, done * sizeof(double));
+  write_bytes(name, lat, done * sizeof(double));
   snprintf(name, sizeof name, "faulted-%d.bin", role);
-  write_file(name, faulted, done);
+  write_bytes(name, faulted, done);
   double sum = 0;
   for (size_t i = 0; i < done; i++) sum += lat[i];
   qsort(lat, done, sizeof *lat, cmp_double);
@@ -222,7 +154,7 @@ static uint64_t run_after_restore(struct region r, int role, size_t touches) {
     snprintf(text + n, sizeof text - n, "first_wrong=offset 0x%" PRIx64 " of %p: got 0x%016" PRIx64 " want 0x%016" PRIx64 "\n",
              first_wrong_off, (void *)r.mem, first_got, pattern(r.tag, first_wrong_off));
   snprintf(name, sizeof name, "result-%d", role);
-  write_file(name, text, strlen(text));
+  write_bytes(name, text, strlen(text));
   if (wrong) fprintf(stderr, "[pid %d] %" PRIu64 " wrong words, first at offset 0x%" PRIx64 "\n", (int)getpid(), wrong, first_wrong_off);
   return wrong;
 }
@@ -280,7 +212,7 @@ int main(int argc, char **argv) {
   if (tree && role > 0) {
     snprintf(name, sizeof name, "ready-%d", role);
     snprintf(text, sizeof text, "%d", (int)getpid());
-    write_file(name, text, strlen(text));
+    write_bytes(name, text, strlen(text));
   }
   if (role == 0) {
     char pids[256];
@@ -288,7 +220,7 @@ int main(int argc, char **argv) {
     if (tree) {
       for (int i = 1; i <= 2; i++) {
         snprintf(name, sizeof name, "ready-%d", i);
-        wait_file(name);
+        wait_file(name, 600);
         char p[4096], b[32] = {0};
         path_of(p, sizeof p, name);
         int fd = open(p, O_RDONLY | O_CLOEXEC);
@@ -298,16 +230,16 @@ int main(int argc, char **argv) {
       }
     }
     snprintf(pids + n, sizeof pids - n, "\n");
-    write_file("ready", pids, strlen(pids));
+    write_bytes("ready", pids, strlen(pids));
   }
-  wait_file("go");
+  wait_file("go", 600);
 
   uint64_t wrong = run_after_restore(r, role, touches);
   int bad = wrong != 0;
   if (kid > 0 && reap(kid)) bad = 1;
   if (role == 0) {
     const char *res = bad ? "FAIL\n" : "ok\n";
-    write_file("result", res, strlen(res));
+    write_bytes("result", res, strlen(res));
   }
   return bad ? 1 : 0;
 }
