@@ -66,6 +66,50 @@ fn kill(c: &mut Child) {
   let _ = c.wait();
 }
 
+/// Waits up to `limit` for our child (or orphan, as subreaper) `pid` to end and reaps it; SIGKILLs
+/// and reaps it if it did not. Returns what waitpid returned and the status.
+fn reap_within(pid: i32, limit: Duration) -> (i32, i32) {
+  let mut status = 0;
+  let until = Instant::now() + limit;
+  let mut reaped = 0;
+  while Instant::now() < until && reaped != pid {
+    // SAFETY: waitpid on a child of ours with a status out-param.
+    reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    std::thread::sleep(Duration::from_millis(10));
+  }
+  if reaped != pid {
+    let mut late = 0;
+    // SAFETY: kill(2) by pid of our own unreaped child (the pid is still its), then reap it.
+    unsafe {
+      libc::kill(pid, libc::SIGKILL);
+      libc::waitpid(pid, &mut late, 0);
+    }
+  }
+  (reaped, status)
+}
+
+/// Waits until `task`'s uffd registration shows in its smaps.
+fn wait_registered(task: i32) {
+  let until = Instant::now() + Duration::from_secs(5);
+  while !procfs::has_uffd_ranges(task) {
+    assert!(Instant::now() < until, "the task did not register its page");
+    std::thread::sleep(Duration::from_millis(5));
+  }
+}
+
+/// CRIU's first write for a task on the hand-over connection: its pid.
+fn write_pid(sock: RawFd, pid: i32) {
+  // SAFETY: write(2) of 4 bytes from a local.
+  assert_eq!(unsafe { libc::write(sock, pid.to_ne_bytes().as_ptr() as *const libc::c_void, 4) }, 4);
+}
+
+/// The guardian should exit by itself now (its daemon is gone); killed if not.
+fn end(g: &mut Child) {
+  if wait_for(g, Duration::from_secs(5)).is_none() {
+    kill(g);
+  }
+}
+
 #[test]
 fn the_daemon_going_away_gets_every_owed_task_sigkilled_and_the_guardian_exits() {
   let _serial = serial();
@@ -132,9 +176,7 @@ fn signals_to_the_guardian_do_not_end_it_before_it_has_acted() {
     kill(&mut a);
   }
   assert_eq!(s.and_then(|s| s.signal()), Some(libc::SIGKILL));
-  if wait_for(&mut g, Duration::from_secs(5)).is_none() {
-    kill(&mut g);
-  }
+  end(&mut g);
 }
 
 #[test]
@@ -164,26 +206,10 @@ fn a_forked_child_whose_pid_was_not_identified_yet_is_found_through_its_parent()
     kill(&mut parent);
   }
   assert_eq!(s.and_then(|s| s.signal()), Some(libc::SIGKILL));
-  let mut status = 0;
-  let until = Instant::now() + Duration::from_secs(5);
-  let mut reaped = 0;
-  while Instant::now() < until {
-    // SAFETY: waitpid on a child of ours (reparented to us, the subreaper), with a status out-param.
-    reaped = unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };
-    if reaped == child {
-      break;
-    }
-    std::thread::sleep(Duration::from_millis(10));
-  }
-  if reaped != child {
-    // SAFETY: kill(2) by pid of the sleep we made (still unreaped, so the pid is still its).
-    unsafe { libc::kill(child, libc::SIGKILL) };
-  }
+  let (reaped, status) = reap_within(child, Duration::from_secs(5));
   assert_eq!(reaped, child, "the unidentified child must have exited");
   assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL, "the child must be SIGKILLed");
-  if wait_for(&mut g, Duration::from_secs(5)).is_none() {
-    kill(&mut g);
-  }
+  end(&mut g);
 }
 
 #[test]
@@ -248,11 +274,7 @@ fn handed_over_task_is_killed(then_served: bool) {
   std::thread::sleep(Duration::from_millis(20)); // the task must be younger than the guardian
   let task = registered_task();
   // Wait until its registration shows in smaps.
-  let until = Instant::now() + Duration::from_secs(5);
-  while !procfs::has_uffd_ranges(task) {
-    assert!(Instant::now() < until, "the task did not register its page");
-    std::thread::sleep(Duration::from_millis(5));
-  }
+  wait_registered(task);
   let u = uffd();
   // As the hand-over listener does: the restorer (us) named `task`, and nothing served it yet.
   let m = Msg { kind: Kind::Hold, pid: task, proc_id: std::process::id(), aux: u.as_raw_fd() as u32, loop_id: 0 };
@@ -261,27 +283,12 @@ fn handed_over_task_is_killed(then_served: bool) {
     add(&sock, 1, 0, &u);
   }
   drop(sock);
-  let mut status = 0;
-  let until = Instant::now() + Duration::from_secs(5);
-  let mut reaped = 0;
-  while Instant::now() < until && reaped != task {
-    // SAFETY: waitpid on our own child with a status out-param.
-    reaped = unsafe { libc::waitpid(task, &mut status, libc::WNOHANG) };
-    std::thread::sleep(Duration::from_millis(10));
-  }
-  if reaped != task {
-    // SAFETY: kill(2) by pid of our own unreaped child.
-    unsafe { libc::kill(task, libc::SIGKILL) };
-    // SAFETY: as above.
-    unsafe { libc::waitpid(task, &mut status, 0) };
-  }
+  let (reaped, status) = reap_within(task, Duration::from_secs(5));
   assert!(
     reaped == task && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
     "the held task must be SIGKILLed (reaped {reaped}, status {status:#x})"
   );
-  if wait_for(&mut g, Duration::from_secs(5)).is_none() {
-    kill(&mut g);
-  }
+  end(&mut g);
 }
 
 /// The restorer sent a task's pid and uffd on the hand-over connection, and the daemon died before
@@ -291,11 +298,7 @@ fn in_flight_uffd_is_taken_and_its_task_killed(pid_read: bool) {
   let (sock, mut g) = guardian();
   std::thread::sleep(Duration::from_millis(20)); // the task must be younger than the guardian
   let task = registered_task();
-  let until = Instant::now() + Duration::from_secs(5);
-  while !procfs::has_uffd_ranges(task) {
-    assert!(Instant::now() < until, "the task did not register its page");
-    std::thread::sleep(Duration::from_millis(5));
-  }
+  wait_registered(task);
   // The hand-over connection: `restorer` is CRIU's end, `daemon` the daemon's accepted socket.
   let mut sv = [-1 as RawFd; 2];
   // SAFETY: socketpair writes two fds into `sv`.
@@ -306,8 +309,7 @@ fn in_flight_uffd_is_taken_and_its_task_killed(pid_read: bool) {
   wire::send(sock.as_raw_fd(), &m, &[daemon.as_raw_fd()]).unwrap();
   // CRIU's two writes for a task: its pid, then one byte carrying its uffd.
   let u = uffd();
-  // SAFETY: write(2) of 4 bytes from a local.
-  assert_eq!(unsafe { libc::write(restorer.as_raw_fd(), task.to_ne_bytes().as_ptr() as *const libc::c_void, 4) }, 4);
+  write_pid(restorer.as_raw_fd(), task);
   send_fd_byte(restorer.as_raw_fd(), u.as_raw_fd());
   drop(u); // as the restorer does: its own copy is closed after the hand-over
   if pid_read {
@@ -318,21 +320,7 @@ fn in_flight_uffd_is_taken_and_its_task_killed(pid_read: bool) {
   // The daemon dies: its socketpair end and its copy of the connection close.
   drop(daemon);
   drop(sock);
-  let mut status = 0;
-  let until = Instant::now() + Duration::from_secs(5);
-  let mut reaped = 0;
-  while Instant::now() < until && reaped != task {
-    // SAFETY: waitpid on our own child with a status out-param.
-    reaped = unsafe { libc::waitpid(task, &mut status, libc::WNOHANG) };
-    std::thread::sleep(Duration::from_millis(10));
-  }
-  if reaped != task {
-    // SAFETY: kill(2) by pid of our own unreaped child, then reap it.
-    unsafe {
-      libc::kill(task, libc::SIGKILL);
-      libc::waitpid(task, &mut status, 0);
-    }
-  }
+  let (reaped, status) = reap_within(task, Duration::from_secs(5));
   assert!(
     reaped == task && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
     "the task whose uffd was in flight must be SIGKILLed (reaped {reaped}, status {status:#x})"
@@ -342,9 +330,7 @@ fn in_flight_uffd_is_taken_and_its_task_killed(pid_read: bool) {
   // SAFETY: send(2) of 4 bytes from a local, MSG_NOSIGNAL so a broken pipe is an error, not a signal.
   let r = unsafe { libc::send(restorer.as_raw_fd(), one.as_ptr() as *const libc::c_void, 4, libc::MSG_NOSIGNAL) };
   assert!(r < 0, "the restorer could still write to the hand-over connection");
-  if wait_for(&mut g, Duration::from_secs(5)).is_none() {
-    kill(&mut g);
-  }
+  end(&mut g);
 }
 
 fn send_fd_byte(sock: RawFd, fd: RawFd) {
@@ -385,11 +371,7 @@ fn a_restorer_that_sent_everything_before_the_daemon_accepted_it_gets_its_tasks_
   let (sock, mut g) = guardian();
   std::thread::sleep(Duration::from_millis(20)); // the task must be younger than the guardian
   let task = registered_task();
-  let until = Instant::now() + Duration::from_secs(5);
-  while !procfs::has_uffd_ranges(task) {
-    assert!(Instant::now() < until, "the task did not register its page");
-    std::thread::sleep(Duration::from_millis(5));
-  }
+  wait_registered(task);
   // The daemon's listening socket; the guardian gets a copy, as the hand-over listener sends it.
   let dir = std::env::temp_dir().join(format!("guardian-listen-{}", std::process::id()));
   let _ = std::fs::create_dir_all(&dir);
@@ -401,35 +383,18 @@ fn a_restorer_that_sent_everything_before_the_daemon_accepted_it_gets_its_tasks_
   // The restorer connects and sends its task (pid, then the uffd) before the daemon accepts.
   let restorer = std::os::unix::net::UnixStream::connect(&path).unwrap();
   let u = uffd();
-  // SAFETY: write(2) of 4 bytes from a local.
-  assert_eq!(unsafe { libc::write(restorer.as_raw_fd(), task.to_ne_bytes().as_ptr() as *const libc::c_void, 4) }, 4);
+  write_pid(restorer.as_raw_fd(), task);
   send_fd_byte(restorer.as_raw_fd(), u.as_raw_fd());
   drop(u);
   // The daemon dies without having accepted.
   drop(listener);
   drop(sock);
-  let mut status = 0;
-  let until = Instant::now() + Duration::from_secs(5);
-  let mut reaped = 0;
-  while Instant::now() < until && reaped != task {
-    // SAFETY: waitpid on our own child with a status out-param.
-    reaped = unsafe { libc::waitpid(task, &mut status, libc::WNOHANG) };
-    std::thread::sleep(Duration::from_millis(10));
-  }
-  if reaped != task {
-    // SAFETY: kill(2) by pid of our own unreaped child, then reap it.
-    unsafe {
-      libc::kill(task, libc::SIGKILL);
-      libc::waitpid(task, &mut status, 0);
-    }
-  }
+  let (reaped, status) = reap_within(task, Duration::from_secs(5));
   let _ = std::fs::remove_dir_all(&dir);
   assert!(
     reaped == task && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
     "the task must be SIGKILLed (reaped {reaped}, status {status:#x})"
   );
   // No one else can connect now: the guardian shut the listening socket down, then closed it.
-  if wait_for(&mut g, Duration::from_secs(5)).is_none() {
-    kill(&mut g);
-  }
+  end(&mut g);
 }
