@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Static checks, in order, stopping at the first that fails (with one line naming it):
-# rustfmt, clippy (warnings are errors), and tsc over the sources and over the tests.
+# rustfmt, clippy (warnings are errors), tsc over the sources and over the tests, import circles
+# (TypeScript and Rust modules), actionlint.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 
@@ -21,5 +22,6 @@ step "cargo clippy --workspace --all-targets --release -- -D warnings" \
   cargo clippy --workspace --all-targets --release -- -D warnings
 step "tsc -p tsconfig.json --noEmit" npx tsc -p tsconfig.json --noEmit
 step "tsc -p __test__/tsconfig.json --noEmit" npx tsc -p __test__/tsconfig.json --noEmit
+step "import cycles (ts/ and crates/)" node scripts/ci/import-cycles.mjs
 step "actionlint (skipped when not installed)" bash scripts/ci/actionlint.sh
 echo "lint: all passed" >&2

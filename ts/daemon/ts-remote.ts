@@ -6,24 +6,20 @@
 import { PAGE_SIZE } from '../images/index.js';
 import type { EventLoop } from '../native/index.js';
 import type { RemotePageSource } from '../pagesource/remote.js';
-import type { Request } from './daemon.js';
-import type { ProcessState } from './process-state.js';
+import type { BackgroundChunk, ProcessState } from './process-state.js';
+import type { RemoteTransport, TransportHost } from './transport/remote.js';
 
 const PAGE = BigInt(PAGE_SIZE);
 
-/** What the daemon lends this path: request bookkeeping, its error guard, its background pump. */
-export interface TsRemoteHost {
-  submit(req: Request): number;
-  guard(fn: () => void): void;
-  pump(): void;
-}
+export class TsRemote implements RemoteTransport {
+  private readonly loop: EventLoop;
 
-export class TsRemote {
   constructor(
     private readonly source: RemotePageSource,
-    private readonly loop: EventLoop,
-    private readonly host: TsRemoteHost,
-  ) {}
+    private readonly host: TransportHost,
+  ) {
+    this.loop = host.loop;
+  }
 
   /**
    * A fault in a remote range: its GET goes on the wire at once (behind at most the source's
@@ -61,8 +57,12 @@ export class TsRemote {
     );
   }
 
-  /** A background chunk (already marked in flight): fetch it, then copy it to wherever it lives when it arrives. */
-  background(st: ProcessState, firstPage: number, pages: number, image: bigint): void {
+  /**
+   * A background chunk (already marked in flight): fetch it, then copy it to wherever it lives when
+   * it arrives. Its copies are not priority requests (a working set is queued whole here).
+   */
+  background(st: ProcessState, c: BackgroundChunk): void {
+    const { firstPage, pages, image } = c;
     this.source.fetch(st.pid, image, pages, false).then(
       (buf) =>
         this.host.guard(() => {

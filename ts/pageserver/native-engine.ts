@@ -6,7 +6,7 @@
 import { Catalog } from './catalog.js';
 import { NativePageServer, type NativePageServerEvent } from '../native/index.js';
 import type { PageServerEvent, RefusalReason, SessionEndReason } from './events.js';
-import type { PageServer } from './server.js';
+import type { PageServer } from './handle.js';
 
 export interface NativeEngineOptions {
   imagesDir: string;

@@ -12,6 +12,7 @@ import tls from 'node:tls';
 import { UserError } from '../errors.js';
 import { Catalog } from './catalog.js';
 import type { PageServerEvent, PageServerEventHandler } from './events.js';
+import type { PageServer } from './handle.js';
 import {
   DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_PEER, Gate, isLoopback, parseCidr, peerName, type Cidr,
 } from './limits.js';
@@ -19,6 +20,8 @@ import { startNativeEngine } from './native-engine.js';
 import { PageReader } from './page-reader.js';
 import { Session, type SessionOptions } from './session.js';
 import { loadTls, SERVER_TLS_PROTOCOL, type TlsFiles } from './tls.js';
+
+export type { PageServer } from './handle.js';
 
 export interface PageServerOptions {
   imagesDir: string;
@@ -54,18 +57,6 @@ export interface PageServerOptions {
    * are served; others are closed at accept (a `refused` event). Empty or absent: everyone.
    */
   allow?: string[];
-}
-
-export interface PageServer {
-  address: string;
-  port: number;
-  /** Sessions that have ended so far. */
-  readonly sessions: number;
-  /** Sessions in progress. */
-  readonly active: number;
-  /** Resolves once the server has stopped (close(), or the --sessions limit reached and drained). */
-  done: Promise<void>;
-  close(): Promise<void>;
 }
 
 export async function startPageServer(opts: PageServerOptions): Promise<PageServer> {

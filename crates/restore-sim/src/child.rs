@@ -4,7 +4,6 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use restore_sim::expect::Oracle;
 use restore_sim::layout::Layout;
-use restore_sim::os_err;
 
 use crate::cli::{Opts, Workload};
 use crate::verify::{Checker, Outcome};
@@ -33,11 +32,6 @@ fn close(fd: RawFd) {
   unsafe { libc::close(fd) };
 }
 
-fn die_with_parent() {
-  // SAFETY: prctl with integer arguments.
-  unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-}
-
 /// Forks pstree entry `idx` from the current process; in the child this never returns.
 pub fn spawn_entry(ctx: &Ctx, idx: usize) -> Result<i32, String> {
   let p = &ctx.layout.processes[idx];
@@ -62,7 +56,7 @@ fn child_main(ctx: &Ctx, idx: usize) -> ! {
     unsafe { libc::setpgid(0, 0) };
     // Only the root's parent is the master: if the master dies, the root dies; other processes
     // notice the master's death by EOF on their ctl pipe (see module docs in master.rs).
-    die_with_parent();
+    spawn::die_with_parent();
     // SAFETY: getppid has no preconditions.
     if unsafe { libc::getppid() } != ctx.master_pid {
       // SAFETY: the master is already gone; leave quietly.
@@ -187,33 +181,4 @@ fn hold(ctl_r: RawFd) {
     }
   }
   close(sfd);
-}
-
-/// Forks a workload helper (fork-storm / uffd-events child): it dies with its parent.
-pub fn fork_workload_child() -> Result<i32, String> {
-  // SAFETY: single-threaded process, fork is safe; the child only runs plain code then _exits.
-  let pid = unsafe { libc::fork() };
-  if pid < 0 {
-    return Err(format!("fork failed: {}", os_err()));
-  }
-  if pid == 0 {
-    die_with_parent();
-  }
-  Ok(pid)
-}
-
-/// waitpid for one child; Some(exit code) or None if it was killed / could not be waited for.
-pub fn wait_exit(pid: i32) -> Option<i32> {
-  let mut st = 0;
-  loop {
-    // SAFETY: waitpid on our own child into a local status.
-    let r = unsafe { libc::waitpid(pid, &mut st, 0) };
-    if r == pid {
-      return if libc::WIFEXITED(st) { Some(libc::WEXITSTATUS(st)) } else { None };
-    }
-    if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-      continue;
-    }
-    return None;
-  }
 }

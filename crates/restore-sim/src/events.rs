@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 use restore_sim::layout::{Proc, Vma};
 use restore_sim::{hex, os_err};
 
-use crate::verify::{Checker, Outcome, Region};
-use crate::workload::lazy_regions;
+use crate::spawn::{fork_workload_child, wait_exit};
+use crate::verify::{lazy_regions, Checker, Outcome, Region};
 
 const MIN_LEN: u64 = 256 * 1024;
 
@@ -31,7 +31,7 @@ pub fn run(p: &Proc, chk: &mut Checker, out: &mut Outcome) -> Result<(), String>
   if unsafe { libc::pipe(fds.as_mut_ptr()) } < 0 {
     return Err(format!("pipe failed: {}", os_err()));
   }
-  let pid = crate::child::fork_workload_child()?;
+  let pid = fork_workload_child()?;
   if pid == 0 {
     // SAFETY: closing the read end we do not use in the child.
     unsafe { libc::close(fds[0]) };
@@ -49,7 +49,7 @@ pub fn run(p: &Proc, chk: &mut Checker, out: &mut Outcome) -> Result<(), String>
   out.steps.push(json!({ "step": "fork", "childPid": pid }));
   let mine = sequence(&big, &mut regions, chk, out);
   let child = read_child(fds[0]);
-  let status = crate::child::wait_exit(pid);
+  let status = wait_exit(pid);
   let child_ok =
     child.get("badPages").and_then(Value::as_u64) == Some(0) && child.get("error").is_none() && status == Some(0);
   if !child_ok {

@@ -1,4 +1,5 @@
-//! Forking a process with a chosen pid: `clone3` with `set_tid` (root may pick pids in its pid namespace).
+//! Forking and reaping processes: a restored process with a chosen pid (`clone3` with `set_tid`, root
+//! may pick pids in its pid namespace), and the workload helpers that die with their parent.
 use restore_sim::os_err;
 
 #[repr(C)]
@@ -48,4 +49,39 @@ pub fn fork_with_pid(pid: Option<i32>) -> Result<i32, String> {
         });
   }
   Ok(r as i32)
+}
+
+/// Asks the kernel to SIGKILL this process when its parent dies: no helper outlives the sim.
+pub fn die_with_parent() {
+  // SAFETY: prctl with integer arguments.
+  unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+}
+
+/// Forks a workload helper (fork-storm / uffd-events child): it dies with its parent.
+pub fn fork_workload_child() -> Result<i32, String> {
+  // SAFETY: single-threaded process, fork is safe; the child only runs plain code then _exits.
+  let pid = unsafe { libc::fork() };
+  if pid < 0 {
+    return Err(format!("fork failed: {}", os_err()));
+  }
+  if pid == 0 {
+    die_with_parent();
+  }
+  Ok(pid)
+}
+
+/// waitpid for one child; Some(exit code) or None if it was killed / could not be waited for.
+pub fn wait_exit(pid: i32) -> Option<i32> {
+  let mut st = 0;
+  loop {
+    // SAFETY: waitpid on our own child into a local status.
+    let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+    if r == pid {
+      return if libc::WIFEXITED(st) { Some(libc::WEXITSTATUS(st)) } else { None };
+    }
+    if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+      continue;
+    }
+    return None;
+  }
 }

@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 use std::time::Instant;
 
 use restore_sim::expect::Oracle;
+use restore_sim::layout::Proc;
 use restore_sim::{hex, PAGE};
 
 #[derive(Clone, Copy, Debug)]
@@ -12,6 +13,16 @@ pub struct Region {
   pub len: u64,
   /// Image address of the data expected at `live`; None = must read zeros.
   pub image: Option<u64>,
+}
+
+/// Identity regions (live = image) for every lazy VMA: where each page must hold its image data
+/// until an event moves it.
+pub fn lazy_regions(p: &Proc) -> Vec<Region> {
+  p.vmas
+    .iter()
+    .filter(|v| v.lazy)
+    .map(|v| Region { live: v.start, len: v.end - v.start, image: Some(v.start) })
+    .collect()
 }
 
 /// What one process measured and found; sent to the master as JSON (latencies separately).

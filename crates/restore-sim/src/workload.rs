@@ -5,16 +5,8 @@ use restore_sim::rng::Rng;
 use restore_sim::PAGE;
 
 use crate::cli::{Opts, TouchOrder, Workload};
-use crate::verify::{timed_touch, Checker, Outcome, Region};
-
-/// Identity regions (live = image) for every lazy VMA.
-pub fn lazy_regions(p: &Proc) -> Vec<Region> {
-  p.vmas
-    .iter()
-    .filter(|v| v.lazy)
-    .map(|v| Region { live: v.start, len: v.end - v.start, image: Some(v.start) })
-    .collect()
-}
+use crate::spawn::{fork_workload_child, wait_exit};
+use crate::verify::{lazy_regions, timed_touch, Checker, Outcome};
 
 fn lazy_pages(p: &Proc) -> Vec<u64> {
   p.vmas.iter().filter(|v| v.lazy).flat_map(|v| (v.start..v.end).step_by(PAGE as usize)).collect()
@@ -97,7 +89,7 @@ fn fork_storm(p: &Proc, n: u64, rng: &mut Rng, chk: &mut Checker, out: &mut Outc
   let mut kids = Vec::new();
   for k in 0..n {
     let subset = random_subset(all.clone(), 64, rng);
-    let pid = crate::child::fork_workload_child()?;
+    let pid = fork_workload_child()?;
     if pid == 0 {
       let mut mine = Outcome::default();
       let ok = touch_then_verify(&subset, chk, &mut mine).is_ok() && mine.bad_pages == 0;
@@ -108,7 +100,7 @@ fn fork_storm(p: &Proc, n: u64, rng: &mut Rng, chk: &mut Checker, out: &mut Outc
   }
   let mut failed = 0;
   for (_, pid) in &kids {
-    if crate::child::wait_exit(*pid) != Some(0) {
+    if wait_exit(*pid) != Some(0) {
       failed += 1;
     }
   }
