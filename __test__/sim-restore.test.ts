@@ -134,11 +134,17 @@ function killTree(t: ExecutionContext, pids: number[]) {
   t.teardown(() => pids.forEach(killOurs));
 }
 
-test('touch-all over a pstree with a zombie: CRIU hand-over bytes, every byte verified', async (t) => {
+/** A fresh standard tree (its pids killed at the end) and a mini-daemon listening for it. */
+async function treeWithDaemon(t: ExecutionContext, daemonArgs: string[] = []) {
   const { path, pids } = standardTree(t);
   killTree(t, pids);
-  const d = startDaemon(t, path);
+  const d = startDaemon(t, path, daemonArgs);
   await d.listening;
+  return { path, pids, d };
+}
+
+test('touch-all over a pstree with a zombie: CRIU hand-over bytes, every byte verified', async (t) => {
+  const { path, pids, d } = await treeWithDaemon(t);
   const r = await runSim(t, ['--layout', path, '--workload', 'touch-all', '--order', 'rand', '--seed', '7', '--timeout', '30']);
   t.is(r.code, 0, r.stderr);
   t.true(r.report.ok);
@@ -160,10 +166,7 @@ test('touch-all over a pstree with a zombie: CRIU hand-over bytes, every byte ve
 
 test('pstree and reverse hand-over orders are honoured', async (t) => {
   for (const order of ['pstree', 'reverse']) {
-    const { path, pids } = standardTree(t);
-    killTree(t, pids);
-    const d = startDaemon(t, path);
-    await d.listening;
+    const { path, pids } = await treeWithDaemon(t);
     const r = await runSim(t, ['--layout', path, '--workload', 'verify-all', '--order', order, '--timeout', '30']);
     t.is(r.code, 0, r.stderr);
     const want = [pids[0], pids[1], -pids[2]];
@@ -172,11 +175,8 @@ test('pstree and reverse hand-over orders are honoured', async (t) => {
 });
 
 test('a corrupted page makes the sim exit 1 naming the address, expected and got', async (t) => {
-  const { path, pids } = standardTree(t);
-  killTree(t, pids);
   const bad = BASE + 0x3000n;
-  const d = startDaemon(t, path, ['--corrupt', hex(bad)]);
-  await d.listening;
+  const { path, d } = await treeWithDaemon(t, ['--corrupt', hex(bad)]);
   const r = await runSim(t, ['--layout', path, '--workload', 'touch-all', '--timeout', '30']);
   t.is(r.code, 1);
   t.false(r.report.ok);
@@ -187,20 +187,15 @@ test('a corrupted page makes the sim exit 1 naming the address, expected and got
 });
 
 test('touch-random and exit-after touch only what they are told', async (t) => {
-  const { path, pids } = standardTree(t);
-  killTree(t, pids);
-  const d = startDaemon(t, path);
-  await d.listening;
+  const { path, d } = await treeWithDaemon(t);
   const r = await runSim(t, ['--layout', path, '--workload', 'exit-after', '--count', '3', '--timeout', '30']);
   t.is(r.code, 0, r.stderr);
   for (const p of r.report.processes.filter((p: any) => !p.zombie)) {
     t.is(p.touched, 3);
     t.is(p.verifiedPages, 3);
   }
-  const s2 = standardTree(t);
-  killTree(t, s2.pids);
-  const d2 = startDaemon(t, s2.path);
-  await d2.listening;
+  const s2 = await treeWithDaemon(t);
+  const d2 = s2.d;
   const r2 = await runSim(t, ['--layout', s2.path, '--workload', 'touch-random', '--count', '5', '--then-verify-all', '--timeout', '30']);
   t.is(r2.code, 0, r2.stderr);
   t.is(r2.report.processes[0].touched, 5);
@@ -245,10 +240,7 @@ test('uffd-events: DONTNEED, mremap grow, swap through scratch, in parent and fo
 });
 
 test('fork-storm: children verify random pages, the parent verifies everything', async (t) => {
-  const { path, pids } = standardTree(t);
-  killTree(t, pids);
-  const d = startDaemon(t, path);
-  await d.listening;
+  const { path, d } = await treeWithDaemon(t);
   const r = await runSim(t, ['--layout', path, '--workload', 'fork-storm', '--count', '4', '--timeout', '30']);
   t.is(r.code, 0, r.stderr);
   t.is(r.report.processes[0].steps[0].failed, 0);
@@ -302,18 +294,13 @@ test('setup errors are one clear line and exit 2: no daemon, bad layout, bad opt
 });
 
 test('--handover-only and --no-finish: the daemon sees exactly the hand-over, then a hang-up', async (t) => {
-  const { path, pids } = standardTree(t);
-  killTree(t, pids);
-  const d = startDaemon(t, path);
-  await d.listening;
+  const { path, d } = await treeWithDaemon(t);
   const r = await runSim(t, ['--layout', path, '--handover-only', '--timeout', '30']);
   t.is(r.code, 0, r.stderr);
   t.is(r.report.handoverOrder.length, 3);
 
-  const s2 = standardTree(t);
-  killTree(t, s2.pids);
-  const d2 = startDaemon(t, s2.path);
-  await d2.listening;
+  const s2 = await treeWithDaemon(t);
+  const d2 = s2.d;
   const exited = new Promise<number | null>((res) => d2.proc.on('exit', (c) => res(c)));
   const r2 = await runSim(t, ['--layout', s2.path, '--no-finish', '--handover-only', '--timeout', '30']);
   t.is(r2.code, 0, r2.stderr);
@@ -322,19 +309,14 @@ test('--handover-only and --no-finish: the daemon sees exactly the hand-over, th
 });
 
 test('--send-bad-fd and --send-garbage are caught by a checking daemon', async (t) => {
-  const { path, pids } = standardTree(t);
-  killTree(t, pids);
-  const d = startDaemon(t, path);
-  await d.listening;
+  const { path, d } = await treeWithDaemon(t);
   const exited = new Promise<number | null>((res) => d.proc.on('exit', (c) => res(c)));
   await runSim(t, ['--layout', path, '--send-bad-fd', '--handover-only', '--timeout', '30']);
   t.is(await exited, 3);
   t.regex(d.err(), /not a userfaultfd/);
 
-  const s2 = standardTree(t);
-  killTree(t, s2.pids);
-  const d2 = startDaemon(t, s2.path);
-  await d2.listening;
+  const s2 = await treeWithDaemon(t);
+  const d2 = s2.d;
   const exited2 = new Promise<number | null>((res) => d2.proc.on('exit', (c) => res(c)));
   await runSim(t, ['--layout', s2.path, '--send-garbage', '--handover-only', '--timeout', '30']);
   t.is(await exited2, 3);

@@ -43,6 +43,19 @@ static void announce(const char *role) {
   write_file(name, text);
 }
 
+/* A child or grandchild: its own region and its pages of S, then, after the restore, checks both
+ * (and reaps its own child, if it has one). Never returns. */
+static void descendant(const char *who, volatile uint64_t *s, size_t size, int role, pid_t own_child) {
+  volatile uint64_t *own = map_anon(size);
+  fill_region(own, size, 21 + role);
+  make_own(s, size, role);
+  announce(who);
+  wait_for_go();
+  check_mine(who, s, own, size, role);
+  if (own_child > 0) reap(own_child, "grandchild");
+  _exit(failed() ? 1 : 0);
+}
+
 int main(int argc, char **argv) {
   init_args(argc, argv);
   size_t size = (argc > 3 ? strtoul(argv[3], NULL, 0) : 4) * MiB;
@@ -54,23 +67,8 @@ int main(int argc, char **argv) {
   if (child == 0) {
     pid_t grandchild = fork();
     if (grandchild < 0) die("fork");
-    if (grandchild == 0) {
-      volatile uint64_t *own = map_anon(size);
-      fill_region(own, size, 23);
-      make_own(s, size, 2);
-      announce("grandchild");
-      wait_for_go();
-      check_mine("grandchild", s, own, size, 2);
-      _exit(failed() ? 1 : 0);
-    }
-    volatile uint64_t *own = map_anon(size);
-    fill_region(own, size, 22);
-    make_own(s, size, 1);
-    announce("child");
-    wait_for_go();
-    check_mine("child", s, own, size, 1);
-    reap(grandchild, "grandchild");
-    _exit(failed() ? 1 : 0);
+    if (grandchild == 0) descendant("grandchild", s, size, 2, -1);
+    descendant("child", s, size, 1, grandchild);
   }
   volatile uint64_t *own = map_anon(size);
   fill_region(own, size, 21);
