@@ -8,7 +8,7 @@ use super::report::{How, Out};
 use super::{Loop, BATCH};
 use crate::msg::{self, Event, MSG_SIZE};
 use crate::pageclient::UrgentReq;
-use crate::table::{Kind, PAGE};
+use crate::table::{Entry, Source, PAGE};
 use crate::uffd::CopyResult;
 
 impl Loop {
@@ -115,7 +115,7 @@ impl Loop {
     }
     let image = self.procs.get(&proc_id).and_then(|p| {
       p.counters.joined.fetch_add(1, Ordering::Relaxed);
-      p.table.lookup(addr).map(|e| e.locate(addr).0)
+      p.table.lookup(addr).map(|e| e.image_addr(addr))
     });
     if let Some(image) = image {
       self.record_served_run(proc_id, addr, image, n, How::Copy);
@@ -131,14 +131,14 @@ impl Loop {
     let Some(p) = self.procs.get(&proc_id) else { return };
     let entry = p.table.lookup(addr).copied();
     let (res, how, image) = match entry {
-      Some(e) if e.kind == Kind::File => {
-        let (image_addr, off) = e.locate(addr);
+      Some(e @ Entry { source: Source::File { image, offset }, .. }) => {
+        let (image_addr, off) = (e.image_addr(addr), e.file_offset(offset, addr));
         // A fault's page is read with pread into one reused buffer, not copied from the mapping: a copy from
         // the mapping maps the source page in the daemon, and the kernel maps its neighbours with it
         // (fault-around, whole large folios), so random faults grew the daemon's RSS by hundreds of MiB.
-        let read = match self.images.get(&e.image_id) {
+        let read = match self.images.get(&image) {
           Some(img) => img.read_at(off, self.fault_buf.slice_mut(0, PAGE as usize)).map_err(|e| e.to_string()),
-          None => Err(format!("image {} missing for 0x{addr:x}", e.image_id)),
+          None => Err(format!("image {image} missing for 0x{addr:x}")),
         };
         if let Err(message) = read {
           self.out.push(Out::Error { proc_id: Some(proc_id), message });
@@ -150,9 +150,8 @@ impl Loop {
         (res, How::Copy, image_addr)
       }
       // A remote range with a connected page server: the loop thread fetches the page itself.
-      Some(e) if e.image_id != 0 && self.client.is_some() => {
-        let (image, _) = e.locate(addr);
-        let req = UrgentReq { proc_id, gen: p.gen, live: addr, image, pid: e.image_id };
+      Some(e @ Entry { source: Source::Remote { pid: Some(pid) }, .. }) if self.client.is_some() => {
+        let req = UrgentReq { proc_id, gen: p.gen, live: addr, image: e.image_addr(addr), pid };
         let client = self.client.as_mut().expect("checked above");
         if let Err(m) = client.request_page(req, &self.shared.source) {
           self.source_failed(m);

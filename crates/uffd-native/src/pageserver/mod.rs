@@ -87,10 +87,10 @@ pub enum Event {
     requests: u64,
     pages_sent: u64,
   },
-  /// A connection closed at accept, before anything it sent was read: `reason` is a [`limits::Refusal`].
+  /// A connection closed at accept, before anything it sent was read.
   Refused {
     peer: String,
-    reason: &'static str,
+    reason: limits::Refusal,
     detail: String,
   },
   /// Something the operator should know that is not one session's business (accept() failing, …).
@@ -357,7 +357,7 @@ impl Server {
       if let Err((why, detail)) = self.gate.admit(ip) {
         // Closed before anything it sent is read; the other connections never notice.
         drop(stream);
-        self.out.push(Event::Refused { peer, reason: why.as_str(), detail });
+        self.out.push(Event::Refused { peer, reason: why, detail });
         continue;
       }
       if stream.set_nonblocking(true).is_err() {
