@@ -4,7 +4,7 @@ import test from 'ava';
 import type { PageRange, ProcessImage } from '../ts/images/index.js';
 import { LiveMap } from '../ts/daemon/livemap.js';
 import { ImageIndex, PageSet } from '../ts/daemon/pageset.js';
-import { ProcessState, TABLE_WORDS } from '../ts/daemon/process-state.js';
+import { ProcessState } from '../ts/daemon/process-state.js';
 
 const P = 4096n;
 const file = '/x/pages-1.img';
@@ -32,12 +32,7 @@ function image(ranges: [bigint, bigint][], vmas: [bigint, bigint][] = ranges): P
   } as unknown as ProcessImage;
 }
 
-const table = (st: ProcessState) => {
-  const t = st.table(() => 7);
-  const out: bigint[][] = [];
-  for (let i = 0; i < t.length; i += TABLE_WORDS) out.push([...t.slice(i, i + TABLE_WORDS)]);
-  return out;
-};
+const table = (st: ProcessState) => st.table(() => 7);
 
 test('adjacent CRIU entries in one VMA merge into one range; a VMA boundary keeps them apart', (t) => {
   const idx = new ImageIndex(
@@ -66,9 +61,9 @@ test('remap moves live addresses and keeps image addresses (the seed patch)', (t
   const st = ProcessState.attach(1, image([[0x10000n, 0x20000n]]));
   st.applyRemap(0x14000n, 0x90000n, 0x4000n);
   t.deepEqual(table(st), [
-    [0x10000n, 0x14000n, 0x10000n, 0n, 7n, 0n],
-    [0x18000n, 0x20000n, 0x18000n, 0n, 7n, 0x8000n],
-    [0x90000n, 0x94000n, 0x14000n, 0n, 7n, 0x4000n],
+    { liveStart: 0x10000n, liveEnd: 0x14000n, imageStart: 0x10000n, kind: 'file', imageId: 7, fileOffset: 0n },
+    { liveStart: 0x18000n, liveEnd: 0x20000n, imageStart: 0x18000n, kind: 'file', imageId: 7, fileOffset: 0x8000n },
+    { liveStart: 0x90000n, liveEnd: 0x94000n, imageStart: 0x14000n, kind: 'file', imageId: 7, fileOffset: 0x4000n },
   ]);
   // a fault at the new place is served from the old image address
   t.is(st.live.find(0x91000n)?.imageStart, 0x14000n);

@@ -34,7 +34,7 @@ test('the fast path serves faults from the installed table; holes read zeros; re
   // pages 0-3: image pages 4-7 (image address differs from live); pages 4-5: remote; 6-7: hole.
   loop.installTable(procId, 1, [
     { liveStart: base, liveEnd: base + 4n * P, imageStart: 0x7000n, kind: 'file', imageId, fileOffset: 4 * PAGE },
-    { liveStart: base + 4n * P, liveEnd: base + 6n * P, imageStart: 0x9000n, kind: 'remote', imageId: 0, fileOffset: 0 },
+    { liveStart: base + 4n * P, liveEnd: base + 6n * P, imageStart: 0x9000n, kind: 'remote' },
   ]);
   for (let i = 0; i < 4; i++) {
     t.is(await peer.cmd(`sum ${i}`), `sum ${i} ${fnv(data.subarray((4 + i) * PAGE, (5 + i) * PAGE))}`);

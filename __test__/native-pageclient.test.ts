@@ -80,7 +80,7 @@ function replyHeader(pages: number, vaddr: bigint, pid: bigint): Buffer {
 }
 
 const remoteTable = (base: bigint, pages: number, pid: number) => [
-  { liveStart: base, liveEnd: base + BigInt(pages) * P, imageStart: IMAGE_BASE, kind: 'remote' as const, imageId: 0, fileOffset: 0, imagePid: pid },
+  { liveStart: base, liveEnd: base + BigInt(pages) * P, imageStart: IMAGE_BASE, kind: 'remote' as const, imagePid: pid },
 ];
 
 test('remote faults are fetched and served by the loop thread (reported as served, never forwarded)', async (t) => {

@@ -7,16 +7,11 @@
  * keeps the process paused until the next table is installed, so it never serves a stale table.
  */
 import { PAGE_SIZE, type ProcessImage } from '../images/index.js';
+import type { TableEntry } from '../native/index.js';
 import { LiveMap, type Piece } from './livemap.js';
 import { ImageIndex, PageSet } from './pageset.js';
 
 const PAGE = BigInt(PAGE_SIZE);
-
-/** Table entry kinds understood by the native core. */
-export const TABLE_KIND_FILE = 0n;
-export const TABLE_KIND_REMOTE = 1n;
-/** u64 words per translation-table entry: liveStart, liveEnd, imageStart, kind, imageId (image pid if remote), fileOffset. */
-export const TABLE_WORDS = 6;
 
 export type ProcessStatus = 'serving' | 'done' | 'lost';
 
@@ -172,26 +167,16 @@ export class ProcessState {
    * The translation table for the native core: one entry per live segment. Served pages may still be
    * covered (they are present, so they never fault again); what matters is that no owed page is missing.
    */
-  table(imageIdOf: (file: string) => number): BigUint64Array {
-    const segs = this.live.segments;
-    const t = new BigUint64Array(segs.length * TABLE_WORDS);
-    segs.forEach((s, i) => {
+  table(imageIdOf: (file: string) => number): TableEntry[] {
+    return this.live.segments.map((s): TableEntry => {
       const r = this.index.ranges[s.range];
-      const o = i * TABLE_WORDS;
-      t[o] = s.liveStart;
-      t[o + 1] = s.liveEnd;
-      t[o + 2] = s.imageStart;
       if (r.location.kind === 'file') {
-        t[o + 3] = TABLE_KIND_FILE;
-        t[o + 4] = BigInt(imageIdOf(r.location.file));
-        t[o + 5] = r.location.offset + (s.imageStart - r.start);
-      } else {
-        // For remote entries the native page-server client needs the image pid to ask for the page.
-        t[o + 3] = TABLE_KIND_REMOTE;
-        t[o + 4] = BigInt(this.pid);
+        const fileOffset = r.location.offset + (s.imageStart - r.start);
+        return { liveStart: s.liveStart, liveEnd: s.liveEnd, imageStart: s.imageStart, kind: 'file', imageId: imageIdOf(r.location.file), fileOffset };
       }
+      // The native page-server client needs the image pid to ask for the page.
+      return { liveStart: s.liveStart, liveEnd: s.liveEnd, imageStart: s.imageStart, kind: 'remote', imagePid: this.pid };
     });
-    return t;
   }
 
   /** Dense page ranges to request one page at a time (a chunk there failed with ENOENT). */

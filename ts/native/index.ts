@@ -20,7 +20,7 @@ export function nativeVersion(): string {
  * An error from the native core that a user can act on. Codes include `EPERM_UFFD` (no permission to create a
  * userfaultfd), `EUFFD_FEATURES` (kernel too old), `ENOTUFFD` (an fd that is not a userfaultfd), `EBADF`,
  * `EBADIMAGE` (a pages image that cannot be mapped, or a read outside it), `EHANDOVER` (restorer protocol error), `ESOCKET`
- * (cannot create lazy-pages.socket), `ETABLE` (invalid translation table), `ENOID`, `EINVALARG`, `EBADEVENT`,
+ * (cannot create lazy-pages.socket), `ETABLE` (invalid translation table), `ENOID`, `EINVALARG`,
  * `EPAGESERVER` (cannot connect to a page server; the message names address:port), `EGUARDIAN` (the
  * guardian process cannot be started).
  */
@@ -162,67 +162,35 @@ export class Uffd {
   }
 }
 
-/** Events of the hand-over socket, in the order the restorer produces them. */
-export type HandoverEvent =
-  /** The restorer connected; `pid` is its pid (SO_PEERCRED), 0 when unknown. */
-  | { type: 'connected'; pid: number }
-  /** A live task; `uffd` is already adopted and owned by the receiver of the event. */
-  | { type: 'task'; pid: number; uffd: Uffd }
-  | { type: 'zombie'; pid: number }
-  /** "restore finished": background transfer may start. */
-  | { type: 'finished' }
-  /** A fatal protocol error (e.g. `EHANDOVER` hang-up before "finished", `ENOTUFFD`). */
-  | { type: 'error'; code: string; message: string; pid?: number }
-  /** A second connection, closed. */
-  | { type: 'refused'; message: string };
+/**
+ * Events of the hand-over socket, in the order the restorer produces them: the generated union
+ * (`Raw.HandoverEvent`, typed by napi-rs from the Rust enum), except that a task's received fd is
+ * already adopted as a {@link Uffd}.
+ * - `connected`: the restorer connected; `pid` is its pid (SO_PEERCRED), 0 when unknown.
+ * - `task`: a live task; `uffd` is already adopted and owned by the receiver of the event.
+ * - `zombie`: a dead task (nothing to serve).
+ * - `finished`: "restore finished": background transfer may start.
+ * - `error`: a fatal protocol error (e.g. `EHANDOVER` hang-up before "finished", `ENOTUFFD`); `pid`
+ *   names the task whose hand-over went wrong, when one did.
+ * - `refused`: a connection closed unheard (a second restorer, or a peer of another user).
+ */
+export type HandoverEvent = Exclude<Raw.HandoverEvent, { type: 'task' }> | { type: 'task'; pid: number; uffd: Uffd };
 
-function toHandoverEvent(r: Raw.RawHandoverEvent): HandoverEvent {
-  switch (r.type) {
-    case 'connected':
-      return { type: 'connected', pid: r.pid ?? 0 };
-    case 'finished':
-      return { type: 'finished' };
-    case 'task': {
-      if (typeof r.pid !== 'number' || typeof r.fd !== 'number') throw badEvent(r);
-      const fd = r.fd;
-      try {
-        return { type: 'task', pid: r.pid, uffd: Uffd.adopt(fd) };
-      } catch (e) {
-        // Not adopted: close it here, nobody else will.
-        try {
-          closeSync(fd);
-        } catch {
-          /* already closed */
-        }
-        const ne = toNativeError(e);
-        return { type: 'error', code: ne.code, message: `task ${r.pid}: ${ne.message}`, pid: r.pid };
-      }
-    }
-    case 'zombie':
-      if (typeof r.pid !== 'number') throw badEvent(r);
-      return { type: 'zombie', pid: r.pid };
-    case 'error':
-      return {
-        type: 'error',
-        code: r.code ?? 'EHANDOVER',
-        message: r.message ?? 'hand-over failed',
-        ...(typeof r.pid === 'number' ? { pid: r.pid } : {}),
-      };
-    case 'refused':
-      return { type: 'refused', message: r.message ?? 'second connection refused' };
-    default:
-      throw badEvent(r);
-  }
-}
-
-function badEvent(r: unknown): NativeError {
-  let text: string;
+/** The facade's event for a raw one: a task's fd adopted (or closed, and the task reported as an error). */
+function toHandoverEvent(r: Raw.HandoverEvent): HandoverEvent {
+  if (r.type !== 'task') return r;
   try {
-    text = JSON.stringify(r, (_k, v) => (typeof v === 'bigint' ? `${v}n` : v));
-  } catch {
-    text = String(r);
+    return { type: 'task', pid: r.pid, uffd: Uffd.adopt(r.fd) };
+  } catch (e) {
+    // Not adopted: close it here, nobody else will.
+    try {
+      closeSync(r.fd);
+    } catch {
+      /* already closed */
+    }
+    const ne = toNativeError(e);
+    return { type: 'error', code: ne.code, message: `task ${r.pid}: ${ne.message}`, pid: r.pid };
   }
-  return new NativeError('EBADEVENT', `malformed event from the native core: ${text}`);
 }
 
 /** Receives CRIU's hand-over on `<workDir>/lazy-pages.socket` (one restorer; others are refused). */
@@ -239,16 +207,7 @@ export class HandoverListener {
    */
   static listen(workDir: string, onEvent: (ev: HandoverEvent) => void, unpark?: EventLoop): HandoverListener {
     const raw = call(() =>
-      binding.HandoverListener.listen(workDir, (r) => {
-        let ev: HandoverEvent;
-        try {
-          ev = toHandoverEvent(r);
-        } catch (e) {
-          const ne = toNativeError(e);
-          ev = { type: 'error', code: ne.code, message: ne.message };
-        }
-        onEvent(ev);
-      }, unpark?.raw),
+      binding.HandoverListener.listen(workDir, (r) => onEvent(toHandoverEvent(r)), unpark?.raw),
     );
     return new HandoverListener(raw);
   }
@@ -305,10 +264,6 @@ export type NativeEvent =
    */
   | { type: 'early-done'; procId?: undefined; pid: number; bytes: number; atMs: number };
 
-const num = (v: unknown): v is number => typeof v === 'number';
-const big = (v: unknown): v is bigint => typeof v === 'bigint';
-
-/** Validates one raw event from the binding; throws `EBADEVENT` for a malformed one. */
 /**
  * The facade's names for the generated union (`Raw.LoopEvent`, typed by napi-rs from the Rust enum:
  * nothing to check here): `page-fault` is `pagefault`, its flags a number, a `done` with an errno
@@ -327,39 +282,43 @@ export function toNativeEvent(r: Raw.LoopEvent): NativeEvent {
   }
 }
 
-/** One range of a translation table. */
-export interface TableEntry {
-  liveStart: bigint;
-  liveEnd: bigint;
-  imageStart: bigint;
-  /**
-   * `file`: served by the fast path from `imageId` at `fileOffset`. `remote`: with a page server connected
-   * ({@link EventLoop.connectPageServer}) and a non-zero `imagePid`, fetched and served by the loop thread;
-   * otherwise forwarded as a `pagefault`.
-   */
-  kind: 'file' | 'remote';
-  imageId: number;
-  fileOffset: number;
-  /** Remote entries: the pid of the process in the images (the GET's dst_id); packed into the imageId word. */
-  imagePid?: number;
-}
+/**
+ * One range of a translation table: live addresses `liveStart..liveEnd` hold the image's pages from
+ * `imageStart` on, and the data comes from
+ * - `file`: image `imageId` ({@link EventLoop.addImage}) at `fileOffset` for `liveStart`, served by the fast path;
+ * - `remote`: the page server. With one connected ({@link EventLoop.connectPageServer}) and `imagePid`
+ *   (the process's pid in the images, a GET's dst_id) the loop thread fetches and serves it; otherwise
+ *   the fault is forwarded as a `pagefault`.
+ */
+export type TableEntry = { liveStart: bigint; liveEnd: bigint; imageStart: bigint } & (
+  | { kind: 'file'; imageId: number; fileOffset: number | bigint }
+  | { kind: 'remote'; imagePid?: number }
+);
 
-/** Packs entries into the binding's layout (6 u64 per entry). */
+/**
+ * Packs entries into the binding's layout, the one defined (and exported) by
+ * crates/uffd-native/src/table.rs: `TABLE_WORDS` u64 per entry, liveStart, liveEnd, imageStart, kind,
+ * source (image id, or image pid), fileOffset. A table crosses napi as one typed array, not objects.
+ */
 export function packTable(entries: readonly TableEntry[]): BigUint64Array {
-  const a = new BigUint64Array(entries.length * 6);
-  entries.forEach((e, i) => {
-    a.set(
-      [
-        e.liveStart,
-        e.liveEnd,
-        e.imageStart,
-        e.kind === 'file' ? 0n : 1n,
-        BigInt(e.kind === 'remote' ? (e.imagePid ?? e.imageId) : e.imageId),
-        BigInt(e.fileOffset),
-      ],
-      i * 6,
-    );
-  });
+  const words = binding.TABLE_WORDS;
+  const [file, remote] = [BigInt(binding.TABLE_KIND_FILE), BigInt(binding.TABLE_KIND_REMOTE)];
+  const a = new BigUint64Array(entries.length * words);
+  let o = 0;
+  for (const e of entries) {
+    a[o] = e.liveStart;
+    a[o + 1] = e.liveEnd;
+    a[o + 2] = e.imageStart;
+    if (e.kind === 'file') {
+      a[o + 3] = file;
+      a[o + 4] = BigInt(e.imageId);
+      a[o + 5] = BigInt(e.fileOffset);
+    } else {
+      a[o + 3] = remote;
+      a[o + 4] = BigInt(e.imagePid ?? 0);
+    }
+    o += words;
+  }
   return a;
 }
 
@@ -425,8 +384,8 @@ export class EventLoop {
    * install. Pass the number of layout events of this process applied so far (default: all of them,
    * for callers that install only between events, like tests).
    */
-  installTable(procId: number, gen: number, entries: readonly TableEntry[] | BigUint64Array, applied = 0xffffffff): void {
-    const packed = entries instanceof BigUint64Array ? entries : packTable(entries);
+  installTable(procId: number, gen: number, entries: readonly TableEntry[], applied = 0xffffffff): void {
+    const packed = packTable(entries);
     call(() => this.raw.installTable(procId, gen, packed, applied));
   }
   /**
@@ -596,31 +555,19 @@ export interface NativePageServerOptions {
   allow?: string[];
 }
 
-/** What the native page-server engine reports (the reasons and wording of ts/pageserver/events.ts). */
-export type NativePageServerEvent =
-  | { type: 'session-started'; session: number; peer: string }
-  | { type: 'session-ended'; session: number; peer: string; reason: string; detail: string; ok: boolean; requests: number; pagesSent: number }
-  | { type: 'refused'; peer: string; reason: string; detail: string }
-  | { type: 'warning'; message: string }
-  | { type: 'stopped'; sessions: number };
+/** Why a native page-server session ended (of ts/pageserver/events.ts's `SessionEndReason`, all but TLS's). */
+export type NativeSessionEndReason = `${Raw.SessionEndReason}`;
+/** Why the native page server closed a connection at accept (ts/pageserver/events.ts's `RefusalReason`). */
+export type NativeRefusalReason = `${Raw.RefusalReason}`;
 
-function parsePageServerEvent(r: Raw.RawPageServerEvent): NativePageServerEvent {
-  switch (r.type) {
-    case 'session-started':
-      return { type: r.type, session: r.session ?? 0, peer: r.peer ?? '' };
-    case 'session-ended':
-      return {
-        type: r.type, session: r.session ?? 0, peer: r.peer ?? '', reason: r.reason ?? 'image-error', detail: r.detail ?? '',
-        ok: r.ok ?? false, requests: r.requests ?? 0, pagesSent: r.pagesSent ?? 0,
-      };
-    case 'refused':
-      return { type: r.type, peer: r.peer ?? '', reason: r.reason ?? 'not-allowed', detail: r.detail ?? '' };
-    case 'warning':
-      return { type: r.type, message: r.detail ?? '' };
-    default:
-      return { type: 'stopped', sessions: r.sessions ?? 0 };
-  }
-}
+/** A generated union with each napi string enum field (a const enum in TS) as its string literals. */
+type WithLiterals<T> = T extends unknown ? { [K in keyof T]: T[K] extends infer V extends string ? `${V}` : T[K] } : never;
+
+/**
+ * What the native page-server engine reports, with the reasons and wording of ts/pageserver/events.ts:
+ * the generated union (`Raw.PageServerEvent`, typed by napi-rs from the Rust enum).
+ */
+export type NativePageServerEvent = WithLiterals<Raw.PageServerEvent>;
 
 /**
  * The native page-server engine (plain TCP): one native thread serves every connection straight out of the
@@ -637,8 +584,8 @@ export class NativePageServer {
     images: string[],
     onEvents: (events: NativePageServerEvent[]) => void,
   ): NativePageServer {
-    const deliver = (batch: Raw.RawPageServerEvent[]) => {
-      if (batch.length > 0) onEvents(batch.map(parsePageServerEvent));
+    const deliver = (batch: NativePageServerEvent[]) => {
+      if (batch.length > 0) onEvents(batch);
     };
     const raw = call(() => binding.NativePageServer.start({ ...opts }, catalog, images, deliver));
     return new NativePageServer(raw, onEvents);
@@ -654,7 +601,7 @@ export class NativePageServer {
 
   /** Ends every session (`server-closing`), stops the thread; the last events are delivered before it returns. Idempotent. */
   close(): void {
-    const rest = this.raw.close();
-    if (rest.length > 0) this.onEvents(rest.map(parsePageServerEvent));
+    const rest: NativePageServerEvent[] = this.raw.close();
+    if (rest.length > 0) this.onEvents(rest);
   }
 }

@@ -5,7 +5,7 @@
  */
 import { Catalog } from './catalog.js';
 import { NativePageServer, type NativePageServerEvent } from '../native/index.js';
-import type { PageServerEvent, RefusalReason, SessionEndReason } from './events.js';
+import type { PageServerEvent } from './events.js';
 import type { PageServer } from './handle.js';
 
 export interface NativeEngineOptions {
@@ -60,9 +60,9 @@ export async function startNativeEngine(o: NativeEngineOptions): Promise<PageSer
       } else if (e.type === 'session-ended') {
         active--;
         ended++;
-        o.emit({ ...e, reason: e.reason as SessionEndReason });
+        o.emit(e);
       } else if (e.type === 'refused') {
-        o.emit({ ...e, reason: e.reason as RefusalReason });
+        o.emit(e);
       } else if (e.type === 'warning') {
         o.emit(e);
       } else if (!stopped) {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::errors::Coded;
+use crate::poller::{Poller, Waker, EMPTY};
 use crate::uffd::fd_kind;
 
 /// Name of the socket inside the work dir (CRIU's fixed name).
@@ -225,7 +226,7 @@ pub enum Report {
 pub struct Listener {
   path: PathBuf,
   stop: Arc<AtomicBool>,
-  wake: OwnedFd,
+  waker: Waker,
   thread: Option<JoinHandle<()>>,
 }
 
@@ -312,20 +313,17 @@ pub fn bind(work_dir: &Path) -> Result<(OwnedFd, PathBuf), HandoverError> {
   Ok((fd, path))
 }
 
-fn poll_in(fds: &[RawFd]) -> io::Result<Vec<bool>> {
-  let mut p: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
-  loop {
-    // SAFETY: `p` is a valid array of pollfd of the given length.
-    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, -1) };
-    if r < 0 {
-      let e = io::Error::last_os_error();
-      if e.kind() == io::ErrorKind::Interrupted {
-        continue;
-      }
-      return Err(e);
-    }
-    return Ok(p.iter().map(|x| x.revents != 0).collect());
-  }
+/// Tokens of what the hand-over thread waits for.
+const TOK_WAKE: u64 = 0;
+const TOK_LISTEN: u64 = 1;
+const TOK_CONN: u64 = 2;
+
+/// The listening socket and the waker, watched; `close` wakes the thread through the waker.
+fn watch(sock: RawFd, waker: &Waker) -> io::Result<Poller> {
+  let poller = Poller::new()?;
+  poller.add(waker.fd(), libc::EPOLLIN as u32, TOK_WAKE)?;
+  poller.add(sock, libc::EPOLLIN as u32, TOK_LISTEN)?;
+  Ok(poller)
 }
 
 fn accept(listen: RawFd) -> io::Result<OwnedFd> {
@@ -400,15 +398,11 @@ impl Listener {
   /// Binds the socket and starts the thread; `report` is called on that thread for every event.
   pub fn start<F: FnMut(Report) + Send + 'static>(work_dir: &Path, mut report: F) -> Result<Listener, HandoverError> {
     let (sock, path) = bind(work_dir)?;
-    // SAFETY: eventfd(2) with flags; checked below.
-    let wraw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if wraw < 0 {
+    let waker = Waker::new().and_then(|w| Ok((watch(sock.as_raw_fd(), &w)?, w)));
+    let (poller, waker) = waker.map_err(|e| {
       let _ = std::fs::remove_file(&path);
-      return Err(HandoverError::Bind(work_dir.to_path_buf(), io::Error::last_os_error()));
-    }
-    // SAFETY: fresh fd owned by nobody else.
-    let wake = unsafe { OwnedFd::from_raw_fd(wraw) };
-    let wake_raw = wake.as_raw_fd();
+      HandoverError::Bind(work_dir.to_path_buf(), e)
+    })?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let thread = std::thread::Builder::new()
@@ -420,11 +414,11 @@ impl Listener {
         let guardian_copy = crate::guardian::listening(sock.as_raw_fd());
         move || {
           let _guardian_copy = guardian_copy;
-          serve(sock, &path, wake_raw, &stop2, &mut report)
+          serve(sock, &poller, &path, &stop2, &mut report)
         }
       })
       .map_err(|e| HandoverError::Bind(work_dir.to_path_buf(), e))?;
-    Ok(Listener { path, stop, wake, thread: Some(thread) })
+    Ok(Listener { path, stop, waker, thread: Some(thread) })
   }
 
   /// Socket path.
@@ -435,7 +429,7 @@ impl Listener {
   /// Stops the thread, unlinks the socket. Idempotent.
   pub fn close(&mut self) {
     self.stop.store(true, Ordering::SeqCst);
-    crate::poller::wake(self.wake.as_raw_fd());
+    self.waker.wake();
     if let Some(t) = self.thread.take() {
       let _ = t.join();
       let _ = std::fs::remove_file(&self.path);
@@ -453,7 +447,7 @@ impl Drop for Listener {
 /// finished or failed. After "finished" the thread exits (so that Node can exit); the socket file
 /// stays until `close`. A peer that is neither root nor the daemon's user is closed at once, before a
 /// byte of it is read, and does not take the restorer's place: the real restorer may still connect.
-fn serve(sock: OwnedFd, path: &Path, wake: RawFd, stop: &AtomicBool, report: &mut dyn FnMut(Report)) {
+fn serve(sock: OwnedFd, poller: &Poller, path: &Path, stop: &AtomicBool, report: &mut dyn FnMut(Report)) {
   let mut conn: Option<SocketSource> = None;
   // The guardian keeps a copy of the accepted socket while it is served (see guardian.rs).
   let mut _guardian_copy = None;
@@ -461,21 +455,20 @@ fn serve(sock: OwnedFd, path: &Path, wake: RawFd, stop: &AtomicBool, report: &mu
     if stop.load(Ordering::SeqCst) {
       return;
     }
-    let mut fds = vec![wake, sock.as_raw_fd()];
-    if let Some(c) = &conn {
-      fds.push(c.0.as_raw_fd());
-    }
-    let ready = match poll_in(&fds) {
+    let mut evs = [EMPTY; 3];
+    let ready = match poller.wait(&mut evs, -1) {
       Ok(r) => r,
       Err(e) => {
         report(Report::Error(HandoverError::Io(e)));
         return;
       }
     };
-    if ready[0] || stop.load(Ordering::SeqCst) {
+    let is = |tok: u64| ready.iter().any(|e| e.u64 == tok);
+    let (woken, listening, readable) = (is(TOK_WAKE), is(TOK_LISTEN), is(TOK_CONN));
+    if woken || stop.load(Ordering::SeqCst) {
       return;
     }
-    if ready[1] {
+    if listening {
       match accept(sock.as_raw_fd()) {
         Ok(c) => {
           let cred = peer_cred(c.as_raw_fd());
@@ -483,6 +476,10 @@ fn serve(sock: OwnedFd, path: &Path, wake: RawFd, stop: &AtomicBool, report: &mu
             drop(c);
             report(Report::Refused(why));
           } else if conn.is_none() {
+            if let Err(e) = poller.add(c.as_raw_fd(), libc::EPOLLIN as u32, TOK_CONN) {
+              report(Report::Error(HandoverError::Io(e)));
+              return;
+            }
             _guardian_copy = Some(crate::guardian::connection(c.as_raw_fd(), cred.map_or(0, |c| c.pid)));
             conn = Some(SocketSource(c));
             report(Report::Connected { pid: cred.map_or(0, |c| c.pid) });
@@ -496,8 +493,8 @@ fn serve(sock: OwnedFd, path: &Path, wake: RawFd, stop: &AtomicBool, report: &mu
         Err(e) => report(Report::Refused(format!("accept failed: {e}"))),
       }
     }
-    if ready.len() > 2 && ready[2] {
-      let c = conn.as_mut().expect("conn polled");
+    if readable {
+      let Some(c) = conn.as_mut() else { continue };
       match next_step(c, &proc_is_uffd) {
         Ok(Step::Finished) => {
           report(Report::Step(Step::Finished));

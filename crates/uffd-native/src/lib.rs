@@ -6,6 +6,7 @@ pub mod errors;
 pub mod event_loop;
 pub mod guardian;
 pub mod handover;
+pub mod hostport;
 pub mod image;
 pub mod msg;
 pub mod outbox;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::errors::Coded;
 use crate::pagebuf::{PageBuf, Pool};
 use crate::pagewire::{check_reply, Header, HDR};
+use crate::poller::Poller;
 use crate::table::PAGE;
 
 /// Background bytes requested but not yet received right after a fault: two pieces, so the server always
@@ -140,7 +141,7 @@ enum Reading {
 /// The one non-blocking TCP connection: pending output and epoll interest.
 struct Conn {
   fd: OwnedFd,
-  ep: RawFd,
+  poller: Option<Poller>,
   tok: u64,
   out: Vec<u8>,
   out_off: usize,
@@ -226,14 +227,16 @@ impl Conn {
   }
 
   fn set_pollout(&mut self, on: bool) {
-    if self.pollout == on || self.ep < 0 {
+    if self.pollout == on || self.poller.is_none() {
       self.pollout = on;
       return;
     }
     self.pollout = on;
     let events = libc::EPOLLIN | if on { libc::EPOLLOUT } else { 0 };
-    // The fd is registered in `ep` (attach) and open; an error cannot be acted on here.
-    let _ = crate::poller::epoll_ctl(self.ep, libc::EPOLL_CTL_MOD, self.raw(), events as u32, self.tok);
+    // The fd is registered in `poller` (attach) and open; an error cannot be acted on here.
+    if let Some(p) = &self.poller {
+      let _ = p.modify(self.raw(), events as u32, self.tok);
+    }
   }
 
   /// Reads into the given buffers (one readv): a fault's reply header and page arrive in one syscall.
@@ -326,7 +329,7 @@ impl PageClient {
     let mut c = PageClient {
       name,
       timeout,
-      conn: Conn { fd, ep: -1, tok: 0, out: Vec::new(), out_off: 0, pollout: false },
+      conn: Conn { fd, poller: None, tok: 0, out: Vec::new(), out_off: 0, pollout: false },
       sent: VecDeque::with_capacity(64),
       front_since: Instant::now(),
       faults_sent: 0,
@@ -353,19 +356,17 @@ impl PageClient {
   }
 
   /// Registers the socket with the loop's epoll under the given token.
-  pub fn attach(&mut self, ep: RawFd, tok: u64) -> std::io::Result<()> {
-    self.conn.ep = ep;
+  pub fn attach(&mut self, poller: &Poller, tok: u64) -> std::io::Result<()> {
+    self.conn.poller = Some(poller.clone());
     self.conn.tok = tok;
     let events = libc::EPOLLIN | if self.conn.pollout { libc::EPOLLOUT } else { 0 };
-    crate::poller::epoll_ctl(ep, libc::EPOLL_CTL_ADD, self.conn.raw(), events as u32, tok)
+    poller.add(self.conn.raw(), events as u32, tok)
   }
 
   /// Unregisters the socket (before dropping the client).
   pub fn detach(&mut self) {
-    if self.conn.ep >= 0 {
-      // An error (not registered) is irrelevant.
-      let _ = crate::poller::epoll_ctl(self.conn.ep, libc::EPOLL_CTL_DEL, self.conn.raw(), 0, 0);
-      self.conn.ep = -1;
+    if let Some(p) = self.conn.poller.take() {
+      p.remove(self.conn.raw());
     }
   }
 

@@ -7,35 +7,57 @@ use crate::errors::Coded;
 
 /// Page size the daemon works in.
 pub const PAGE: u64 = 4096;
-/// u64 words per entry in the BigUint64Array TS passes.
-pub const WORDS: usize = 6;
+
+/// The packed layout JS hands over (`installTable`): a `BigUint64Array` of `TABLE_WORDS` words per
+/// entry, `liveStart, liveEnd, imageStart, kind, source, fileOffset`, where `kind` is
+/// [`TABLE_KIND_FILE`] (`source`: the image id, then the file offset for `liveStart`) or
+/// [`TABLE_KIND_REMOTE`] (`source`: the image pid, 0 when unknown; `fileOffset` unused). Packed,
+/// not an array of objects: a table is rebuilt on every layout event, and reading objects field by
+/// field through napi costs far more than one typed array. These constants are exported, so the
+/// facade's packer (ts/native `packTable`) writes this layout from here, the one definition.
+#[napi_derive::napi]
+pub const TABLE_WORDS: u32 = 6;
+/// `kind` of an entry served from a pages image.
+#[napi_derive::napi]
+pub const TABLE_KIND_FILE: u32 = 0;
+/// `kind` of an entry served from the page server.
+#[napi_derive::napi]
+pub const TABLE_KIND_REMOTE: u32 = 1;
+const WORDS: usize = TABLE_WORDS as usize;
 
 /// Where a range's data comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-  /// A mapped pages image (`image_id`, at `file_offset` for `live_start`).
-  File,
-  /// From the page server: `image_id` carries the IMAGE PID. With a native page-server client connected and a
-  /// non-zero pid the loop fetches the page itself; otherwise the fault is forwarded to TS.
-  Remote,
+pub enum Source {
+  /// A mapped pages image (its id in the event loop), at file offset `offset` for `live_start`.
+  File { image: u32, offset: u64 },
+  /// The page server. With a native page-server client connected and the IMAGE pid known, the loop
+  /// fetches the page itself (a GET names the pid); otherwise the fault is forwarded to TS.
+  Remote { pid: Option<u32> },
 }
 
-/// One range.
+/// One range: live addresses `[live_start, live_end)` hold the image's pages from `image_start` on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
   pub live_start: u64,
   pub live_end: u64,
   pub image_start: u64,
-  pub kind: Kind,
-  pub image_id: u32,
-  pub file_offset: u64,
+  pub source: Source,
 }
 
 impl Entry {
-  /// Image address and file offset of live address `addr` (which must be inside the range).
-  pub fn locate(&self, addr: u64) -> (u64, u64) {
-    let d = addr - self.live_start;
-    (self.image_start + d, self.file_offset + d)
+  /// How far live address `addr` (which must be inside the range) is from the range's start.
+  fn delta(&self, addr: u64) -> u64 {
+    addr - self.live_start
+  }
+
+  /// Image address of live address `addr` (inside the range).
+  pub fn image_addr(&self, addr: u64) -> u64 {
+    self.image_start + self.delta(addr)
+  }
+
+  /// File offset of live address `addr` (inside the range), in a [`Source::File`] entry's image.
+  pub fn file_offset(&self, offset: u64, addr: u64) -> u64 {
+    offset + self.delta(addr)
   }
 }
 
@@ -108,34 +130,28 @@ impl Table {
       if !ls.is_multiple_of(PAGE) || !le.is_multiple_of(PAGE) || !is.is_multiple_of(PAGE) || !off.is_multiple_of(PAGE) {
         return Err(TableError::Unaligned(i));
       }
-      let kind = match kind {
-        0 => Kind::File,
-        1 => Kind::Remote,
-        k => return Err(TableError::BadKind(i, k)),
-      };
       if let Some(prev) = entries.last() {
         let prev: &Entry = prev;
         if ls < prev.live_end {
           return Err(TableError::Unsorted(i));
         }
       }
-      if kind == Kind::File {
-        let size = image_size(id).ok_or(TableError::UnknownImage(i, id))?;
-        let end = off.saturating_add(le - ls);
-        if end > size {
-          return Err(TableError::PastImage(i, end, size));
+      let source = match kind {
+        k if k == TABLE_KIND_FILE as u64 => {
+          let size = image_size(id).ok_or(TableError::UnknownImage(i, id))?;
+          let end = off.saturating_add(le - ls);
+          if end > size {
+            return Err(TableError::PastImage(i, end, size));
+          }
+          Source::File { image: id as u32, offset: off }
         }
-      } else if id > i32::MAX as u64 {
-        return Err(TableError::BadPid(i, id));
-      }
-      entries.push(Entry {
-        live_start: ls,
-        live_end: le,
-        image_start: is,
-        kind,
-        image_id: id as u32,
-        file_offset: off,
-      });
+        k if k == TABLE_KIND_REMOTE as u64 => {
+          let pid = u32::try_from(id).ok().filter(|p| *p <= i32::MAX as u32).ok_or(TableError::BadPid(i, id))?;
+          Source::Remote { pid: (pid != 0).then_some(pid) }
+        }
+        k => return Err(TableError::BadKind(i, k)),
+      };
+      entries.push(Entry { live_start: ls, live_end: le, image_start: is, source });
     }
     Ok(Table { entries })
   }
@@ -184,8 +200,9 @@ mod tests {
       Table::parse(&[0x1000, 0x2000, 0, 0, 0, 0x10000], &sizes).unwrap_err(),
       TableError::PastImage(0, 0x11000, 0x10000)
     );
-    // remote entries need no image
-    assert!(Table::parse(&[0x1000, 0x2000, 0, 1, 9, 0], &sizes).is_ok());
+    // remote entries need no image; their source word is the image pid (0: unknown)
+    let t = Table::parse(&[0x1000, 0x2000, 0, 1, 9, 0], &sizes).unwrap();
+    assert_eq!(t.lookup(0x1000).unwrap().source, Source::Remote { pid: Some(9) });
     assert_eq!(Table::parse(&[0x1000, 0x2000, 0, 1, 1 << 40, 0], &sizes).unwrap_err(), TableError::BadPid(0, 1 << 40));
     assert!(TableError::Unsorted(1).to_string().contains("entry 1"));
   }
@@ -195,10 +212,11 @@ mod tests {
     let t = Table::parse(&[0x1000, 0x3000, 0x9000, 0, 0, 0x2000, 0x5000, 0x6000, 0x5000, 1, 0, 0], &sizes).unwrap();
     assert!(t.lookup(0x0fff).is_none());
     let e = t.lookup(0x2000).unwrap();
-    assert_eq!(e.kind, Kind::File);
-    assert_eq!(e.locate(0x2000), (0xa000, 0x3000));
+    assert_eq!(e.source, Source::File { image: 0, offset: 0x2000 });
+    assert_eq!(e.image_addr(0x2000), 0xa000);
+    assert_eq!(e.file_offset(0x2000, 0x2000), 0x3000);
     assert!(t.lookup(0x3000).is_none());
-    assert_eq!(t.lookup(0x5fff).unwrap().kind, Kind::Remote);
+    assert_eq!(t.lookup(0x5fff).unwrap().source, Source::Remote { pid: None });
     assert!(t.lookup(0x6000).is_none());
     assert!(Table::default().lookup(0).is_none());
   }

@@ -82,22 +82,14 @@ fn from_bits(like: IpAddr, b: u128) -> IpAddr {
   }
 }
 
-/// Why a connection was closed at accept, before any byte of it was read.
+/// Why a connection was closed at accept, before any byte of it was read: `RefusalReason` in JS,
+/// spelled in kebab-case ("not-allowed"), as in ts/pageserver/events.ts.
+#[napi_derive::napi(string_enum = "kebab-case", js_name = "RefusalReason")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
   NotAllowed,
   TooManyConnections,
   TooManyFromPeer,
-}
-
-impl Refusal {
-  pub fn as_str(self) -> &'static str {
-    match self {
-      Refusal::NotAllowed => "not-allowed",
-      Refusal::TooManyConnections => "too-many-connections",
-      Refusal::TooManyFromPeer => "too-many-from-peer",
-    }
-  }
 }
 
 /// The admission rules and the connections counted against them.

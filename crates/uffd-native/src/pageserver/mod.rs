@@ -18,14 +18,14 @@ pub mod request;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::outbox::Outbox;
-use crate::poller::epoll_ctl;
+use crate::poller::{Poller, Waker, EMPTY};
 use catalog::Catalog;
 use conn::{Conn, Read_, Turn};
 use limits::{AcceptErr, Cidr, Gate};
@@ -87,10 +87,10 @@ pub enum Event {
     requests: u64,
     pages_sent: u64,
   },
-  /// A connection closed at accept, before anything it sent was read: `reason` is a [`limits::Refusal`].
+  /// A connection closed at accept, before anything it sent was read.
   Refused {
     peer: String,
-    reason: &'static str,
+    reason: limits::Refusal,
     detail: String,
   },
   /// Something the operator should know that is not one session's business (accept() failing, …).
@@ -147,15 +147,9 @@ fn errno_name(e: &std::io::Error) -> String {
 /// State shared by the JS handle and the thread.
 pub struct Shared {
   stop: AtomicBool,
-  wake: OwnedFd,
+  waker: Waker,
   /// Reports to JS.
   pub outbox: Outbox<Event>,
-}
-
-impl Shared {
-  fn kick(&self) {
-    crate::poller::wake(self.wake.as_raw_fd());
-  }
 }
 
 /// The JS-side handle: owns the thread.
@@ -170,7 +164,7 @@ impl Handle {
   /// Ends every session ('server-closing') and joins the thread. Idempotent.
   pub fn close(&mut self) {
     self.shared.stop.store(true, Ordering::SeqCst);
-    self.shared.kick();
+    self.shared.waker.wake();
     if let Some(t) = self.thread.take() {
       let _ = t.join();
     }
@@ -186,27 +180,23 @@ impl Drop for Handle {
 /// Binds and listens (synchronously, so the caller learns the real port), then starts the thread.
 pub fn start(opts: Options, cat: Catalog, notify: Box<dyn Fn() + Send + Sync>) -> Result<Handle, ServerError> {
   let allow = opts.allow.iter().map(|a| Cidr::parse(a)).collect::<Result<Vec<_>, _>>().map_err(ServerError::Option)?;
-  let at = if opts.address.contains(':') {
-    format!("[{}]:{}", opts.address, opts.port)
-  } else {
-    format!("{}:{}", opts.address, opts.port)
-  };
+  let at = crate::hostport::host_port(&opts.address, opts.port);
   let listener = TcpListener::bind((opts.address.as_str(), opts.port))
     .map_err(|e| ServerError::Listen(at.clone(), errno_name(&e)))?;
   listener.set_nonblocking(true).map_err(|e| ServerError::Listen(at.clone(), errno_name(&e)))?;
   let local = listener.local_addr().map_err(|e| ServerError::Listen(at, errno_name(&e)))?;
-  let (ep, wake) = crate::poller::epoll_and_wake().map_err(ServerError::Start)?;
+  let (poller, waker) = (Poller::new().map_err(ServerError::Start)?, Waker::new().map_err(ServerError::Start)?);
   let epi = libc::EPOLLIN as u32;
-  epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, wake.as_raw_fd(), epi, TOK_WAKE).map_err(ServerError::Start)?;
-  epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, listener.as_raw_fd(), epi, TOK_LISTEN).map_err(ServerError::Start)?;
-  let shared = Arc::new(Shared { stop: AtomicBool::new(false), wake, outbox: Outbox::new(notify) });
+  poller.add(waker.fd(), epi, TOK_WAKE).map_err(ServerError::Start)?;
+  poller.add(listener.as_raw_fd(), epi, TOK_LISTEN).map_err(ServerError::Start)?;
+  let shared = Arc::new(Shared { stop: AtomicBool::new(false), waker, outbox: Outbox::new(notify) });
   let s2 = shared.clone();
   let gate = Gate::new(allow, opts.max_connections, opts.max_per_peer);
   let server = Server {
     gate,
     accept_paused_until: None,
     accept_failing: None,
-    ep,
+    poller,
     shared: s2,
     listener: Some(listener),
     cat,
@@ -231,7 +221,7 @@ struct Server {
   accept_paused_until: Option<Instant>,
   /// accept() has been failing since: (first failure, failures, last report).
   accept_failing: Option<(Instant, u64, Instant)>,
-  ep: OwnedFd,
+  poller: Poller,
   shared: Arc<Shared>,
   /// None once the session limit is reached.
   listener: Option<TcpListener>,
@@ -248,25 +238,22 @@ struct Server {
 
 impl Server {
   fn run(mut self) {
-    // SAFETY: an all-zero epoll_event array is valid.
-    let mut evs: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
+    let mut evs = [EMPTY; 64];
     let mut last_activity = Instant::now();
     loop {
       // Right after traffic, poll instead of sleeping for a short while: a restoring process faults
       // page after page, and each GET then finds this thread awake instead of paying a wake-up.
       let timeout = if last_activity.elapsed() < BUSY_POLL { 0 } else { self.timeout_ms() };
-      // SAFETY: `evs` is a valid buffer of 64 events.
-      let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), evs.as_mut_ptr(), 64, timeout) };
-      if n > 0 {
+      let Ok(ready) = self.poller.wait(&mut evs, timeout) else {
+        break; // cannot happen with valid arguments; stop cleanly rather than spin
+      };
+      if !ready.is_empty() {
         last_activity = Instant::now();
       }
-      if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-        break; // cannot happen with valid arguments; stop cleanly rather than spin
-      }
-      for ev in evs.iter().take(n.max(0) as usize) {
+      for ev in ready {
         let (tok, flags) = (ev.u64, ev.events);
         match tok {
-          TOK_WAKE => self.drain_wake(),
+          TOK_WAKE => self.shared.waker.drain(),
           TOK_LISTEN => self.accept_all(),
           t => self.on_conn((t - TOK_CONN) as u32, flags),
         }
@@ -344,12 +331,6 @@ impl Server {
     }
   }
 
-  fn drain_wake(&mut self) {
-    let mut b = [0u8; 8];
-    // SAFETY: reads the eventfd counter into an 8-byte buffer (EAGAIN when already drained is fine).
-    unsafe { libc::read(self.shared.wake.as_raw_fd(), b.as_mut_ptr() as *mut libc::c_void, 8) };
-  }
-
   fn accept_all(&mut self) {
     for _ in 0..ACCEPT_BATCH {
       let Some(l) = self.listener.as_ref() else { return };
@@ -372,11 +353,11 @@ impl Server {
       };
       self.accept_recovered();
       let ip = limits::normalize(addr.ip());
-      let peer = if ip.is_ipv4() { format!("{ip}:{}", addr.port()) } else { format!("[{ip}]:{}", addr.port()) };
+      let peer = crate::hostport::host_port(&ip.to_string(), addr.port());
       if let Err((why, detail)) = self.gate.admit(ip) {
         // Closed before anything it sent is read; the other connections never notice.
         drop(stream);
-        self.out.push(Event::Refused { peer, reason: why.as_str(), detail });
+        self.out.push(Event::Refused { peer, reason: why, detail });
         continue;
       }
       if stream.set_nonblocking(true).is_err() {
@@ -390,9 +371,7 @@ impl Server {
       let mut c = Conn::new(stream, id, peer.clone());
       c.ip = ip;
       c.interest = libc::EPOLLIN as u32;
-      if epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, c.stream.as_raw_fd(), c.interest, TOK_CONN + id as u64)
-        .is_err()
-      {
+      if self.poller.add(c.stream.as_raw_fd(), c.interest, TOK_CONN + id as u64).is_err() {
         self.gate.leave(ip);
         continue;
       }
@@ -401,7 +380,7 @@ impl Server {
       if self.opts.sessions.is_some_and(|n| self.started >= n) {
         if let Some(l) = self.listener.take() {
           if self.accept_paused_until.take().is_none() {
-            let _ = epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, l.as_raw_fd(), 0, 0);
+            self.poller.remove(l.as_raw_fd());
           }
         }
       }
@@ -413,7 +392,7 @@ impl Server {
     let now = Instant::now();
     if let Some(l) = self.listener.as_ref() {
       if self.accept_paused_until.is_none() {
-        let _ = epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, l.as_raw_fd(), 0, 0);
+        self.poller.remove(l.as_raw_fd());
       }
     }
     self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
@@ -458,7 +437,7 @@ impl Server {
     }
     self.accept_paused_until = None;
     if let Some(l) = self.listener.as_ref() {
-      let _ = epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, l.as_raw_fd(), libc::EPOLLIN as u32, TOK_LISTEN);
+      let _ = self.poller.add(l.as_raw_fd(), libc::EPOLLIN as u32, TOK_LISTEN);
     }
   }
 
@@ -514,7 +493,7 @@ impl Server {
     let want = c.wanted_interest();
     if want != c.interest {
       c.interest = want;
-      let _ = epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_MOD, c.stream.as_raw_fd(), want, TOK_CONN + id as u64);
+      let _ = self.poller.modify(c.stream.as_raw_fd(), want, TOK_CONN + id as u64);
     }
   }
 
@@ -544,7 +523,7 @@ impl Server {
 
   fn drop_conn(&mut self, id: u32) {
     if let Some(c) = self.conns.remove(&id) {
-      let _ = epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, c.stream.as_raw_fd(), 0, 0);
+      self.poller.remove(c.stream.as_raw_fd());
       self.gate.leave(c.ip);
     }
   }

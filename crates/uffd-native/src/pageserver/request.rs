@@ -7,7 +7,9 @@ use crate::pagewire::{Header, GET, MAX_NR_PAGES};
 pub const FORCE_CLOSE: u32 = 0x1024;
 const CLOSE: u32 = crate::pagewire::CLOSE;
 
-/// Why a session ended (the JS spelling is `as_str`).
+/// Why a session ended: `SessionEndReason` in JS, spelled in kebab-case ("client-stalled"), the
+/// spelling of ts/pageserver/events.ts (which has one more, TLS's "tls-handshake-failed").
+#[napi_derive::napi(string_enum = "kebab-case", js_name = "SessionEndReason")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
   Close,
@@ -26,24 +28,6 @@ pub enum Reason {
 }
 
 impl Reason {
-  pub fn as_str(self) -> &'static str {
-    match self {
-      Reason::Close => "close",
-      Reason::ClientDisconnected => "client-disconnected",
-      Reason::ClientDisconnectedMidReply => "client-disconnected-mid-reply",
-      Reason::ClientStalled => "client-stalled",
-      Reason::ClientIdle => "client-idle",
-      Reason::MalformedHeader => "malformed-header",
-      Reason::UnknownCommand => "unknown-command",
-      Reason::UnsupportedCommand => "unsupported-command",
-      Reason::BadRequest => "bad-request",
-      Reason::UnknownPid => "unknown-pid",
-      Reason::NoSuchPages => "no-such-pages",
-      Reason::ImageError => "image-error",
-      Reason::ServerClosing => "server-closing",
-    }
-  }
-
   /// A normal end (CLOSE, or a disconnect with nothing pending).
   pub fn ok(self) -> bool {
     matches!(self, Reason::Close | Reason::ClientDisconnected)
