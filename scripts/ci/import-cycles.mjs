@@ -13,7 +13,8 @@
  * - Rust: each crate under `crates/` and each of its roots (lib.rs, main.rs, bin/*.rs) on its own, the
  *   modules found from their `mod x;` declarations; an arrow is any `crate::…`, `super::…` or
  *   `self::…` path naming another module (in `use` or in code), or a child module named directly in
- *   the file that declares it. Paths are matched in the source with comments and strings removed.
+ *   the file that declares it, except a path up to the module's own ancestor (a child is part of its
+ *   parent). Paths are matched in the source with comments and strings removed.
  *
  * Prints each circle as `a -> b -> a` and exits 1 if there is any; `--verbose` also lists every arrow.
  */
@@ -303,6 +304,10 @@ function rustUses(mods, path) {
     if (child !== undefined) named.add(child);
   }
   named.delete(path);
+  // A module naming its own ancestor (a child's `super::Loop`) is no arrow: a child module is part
+  // of its parent (it sees the parent's private items by design), as when one type's impl blocks
+  // are split by concern into child files. Arrows between siblings and down to children still count.
+  for (const n of named) if (n === '' || path.startsWith(`${n}::`)) named.delete(n);
   return named;
 }
 
