@@ -229,14 +229,13 @@ fn registered_task() -> i32 {
   let pid = unsafe { libc::fork() };
   assert!(pid >= 0);
   if pid == 0 {
-    // SAFETY: plain system calls on memory and fds this child owns; the ioctl structs are laid out
-    // as the uAPI (api/features/ioctls; start/len/mode/ioctls).
+    // SAFETY: plain system calls on memory and fds this child owns, with the uAPI's ioctl structs.
     unsafe {
       // Not our copies of the test's sockets: the guardian must see the "daemon" hang up.
       libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
       let uffd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as RawFd;
-      let mut api = [0xAAu64, 0, 0];
-      libc::ioctl(uffd, 0xc018_aa3f, api.as_mut_ptr());
+      let mut api = uffd_sys::UffdioApi { api: uffd_sys::UFFD_API, ..Default::default() };
+      libc::ioctl(uffd, uffd_sys::UFFDIO_API as _, &mut api as *mut uffd_sys::UffdioApi);
       let page = libc::mmap(
         std::ptr::null_mut(),
         4096,
@@ -245,8 +244,12 @@ fn registered_task() -> i32 {
         -1,
         0,
       );
-      let mut reg = [page as u64, 4096, 1, 0];
-      libc::ioctl(uffd, 0xc020_aa00, reg.as_mut_ptr());
+      let mut reg = uffd_sys::UffdioRegister {
+        range: uffd_sys::UffdioRange { start: page as u64, len: 4096 },
+        mode: uffd_sys::REGISTER_MODE_MISSING,
+        ioctls: 0,
+      };
+      libc::ioctl(uffd, uffd_sys::UFFDIO_REGISTER as _, &mut reg as *mut uffd_sys::UffdioRegister);
       loop {
         libc::pause();
       }

@@ -8,7 +8,6 @@ pub mod guardian;
 pub mod handover;
 pub mod hostport;
 pub mod image;
-pub mod msg;
 pub mod outbox;
 pub mod pagebuf;
 pub mod pageclient;

@@ -1,7 +1,6 @@
 //! An owned userfaultfd and its ioctls (REGISTER, UNREGISTER, WAKE, COPY, ZEROPAGE).
 //!
-//! The ioctl numbers and structs are written out here (from the Linux uAPI) rather than taken from libc so that
-//! the exact layouts the kernel expects are visible in one place.
+//! The ioctl numbers and structs are the uffd-sys crate's (one definition, shared with the simulator).
 
 use std::fmt;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -9,55 +8,22 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use crate::errors::Coded;
 
 /// Features every lazy-pages uffd must have: EVENT_FORK | EVENT_REMAP | EVENT_REMOVE | EVENT_UNMAP.
-pub const REQUIRED_FEATURES: u64 = 0x4E;
-const FEATURE_NAMES: [(u64, &str); 4] =
-  [(0x02, "EVENT_FORK"), (0x04, "EVENT_REMAP"), (0x08, "EVENT_REMOVE"), (0x40, "EVENT_UNMAP")];
+pub const REQUIRED_FEATURES: u64 = uffd_sys::LAZY_PAGES_FEATURES;
+use uffd_sys::{
+  UffdioApi, UffdioCopy, UffdioRange, UffdioRegister, UffdioZeropage, FEATURE_NAMES, REGISTER_MODE_MISSING, UFFD_API,
+};
+pub use uffd_sys::{MODE_DONTWAKE, UFFD_LINK};
 
-const UFFD_API: u64 = 0xAA;
-// The kernel reads an ioctl request as an unsigned int; glibc declares it `unsigned long` and musl
-// `int`. `libc::Ioctl` is this target's type, and the cast from u32 keeps the bits either way.
-const UFFDIO_API: libc::Ioctl = 0xc018_aa3f_u32 as libc::Ioctl;
-const UFFDIO_REGISTER: libc::Ioctl = 0xc020_aa00_u32 as libc::Ioctl;
-const UFFDIO_UNREGISTER: libc::Ioctl = 0x8010_aa01_u32 as libc::Ioctl;
-const UFFDIO_WAKE: libc::Ioctl = 0x8010_aa02_u32 as libc::Ioctl;
-const UFFDIO_COPY: libc::Ioctl = 0xc028_aa03_u32 as libc::Ioctl;
-const UFFDIO_ZEROPAGE: libc::Ioctl = 0xc020_aa04_u32 as libc::Ioctl;
-const REGISTER_MODE_MISSING: u64 = 1;
-/// `mode` bit of COPY/ZEROPAGE: do not wake the faulting thread (the caller will WAKE a whole range later).
-pub const MODE_DONTWAKE: u64 = 1;
-
-#[repr(C)]
-struct UffdioApi {
-  api: u64,
-  features: u64,
-  ioctls: u64,
+/// An ioctl request number as this target's libc takes it (see uffd_sys on why the numbers are u32).
+const fn req(n: u32) -> libc::Ioctl {
+  n as libc::Ioctl
 }
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct UffdioRange {
-  start: u64,
-  len: u64,
-}
-#[repr(C)]
-struct UffdioRegister {
-  range: UffdioRange,
-  mode: u64,
-  ioctls: u64,
-}
-#[repr(C)]
-struct UffdioCopy {
-  dst: u64,
-  src: u64,
-  len: u64,
-  mode: u64,
-  copy: i64,
-}
-#[repr(C)]
-struct UffdioZeropage {
-  range: UffdioRange,
-  mode: u64,
-  zeropage: i64,
-}
+const UFFDIO_API: libc::Ioctl = req(uffd_sys::UFFDIO_API);
+const UFFDIO_REGISTER: libc::Ioctl = req(uffd_sys::UFFDIO_REGISTER);
+const UFFDIO_UNREGISTER: libc::Ioctl = req(uffd_sys::UFFDIO_UNREGISTER);
+const UFFDIO_WAKE: libc::Ioctl = req(uffd_sys::UFFDIO_WAKE);
+const UFFDIO_COPY: libc::Ioctl = req(uffd_sys::UFFDIO_COPY);
+const UFFDIO_ZEROPAGE: libc::Ioctl = req(uffd_sys::UFFDIO_ZEROPAGE);
 
 /// Outcome of a COPY or ZEROPAGE, keeping the kernel's signed result meaningful.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,9 +293,6 @@ impl Uffd {
     CopyResult::from_kernel(r, e, z.zeropage, len)
   }
 }
-
-/// What `/proc/self/fd/N` of a userfaultfd points to.
-pub const UFFD_LINK: &str = "anon_inode:[userfaultfd]";
 
 /// What `/proc/self/fd/N` points to, or None if the fd is not open.
 pub fn fd_kind(fd: RawFd) -> Option<String> {

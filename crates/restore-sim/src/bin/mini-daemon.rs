@@ -11,8 +11,9 @@ use std::os::fd::RawFd;
 
 use restore_sim::expect::Oracle;
 use restore_sim::layout::{self, Layout};
-use restore_sim::uffd::{self, Msg};
+use restore_sim::uffd;
 use restore_sim::PAGE;
+use uffd_sys::msg::Event as Msg;
 
 /// One served address space: its uffd, the image pid whose data it gets, and live->image ranges.
 struct Space {
@@ -115,7 +116,7 @@ fn recv_fd(sock: RawFd, pid: i32) -> RawFd {
   }
   let fd = fds[0];
   let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|p| p.display().to_string()).unwrap_or_default();
-  if link != "anon_inode:[userfaultfd]" {
+  if link != uffd_sys::UFFD_LINK {
     fail(format!("pid {pid}: the received fd is {link:?}, not a userfaultfd"));
   }
   // The restorer already did UFFDIO_API; a second one must fail with EINVAL (spec §2).
@@ -174,10 +175,13 @@ fn split(ranges: &mut Vec<(u64, u64, u64)>, at: u64) {
 
 fn apply(sp: &mut Space, m: Msg, spaces_new: &mut Vec<Space>) {
   match m {
-    Msg::PageFault { address } => sp.pending.push_back(address & !(PAGE - 1)),
-    Msg::Fork { ufd } => {
-      spaces_new.push(Space { fd: ufd, image_idx: sp.image_idx, ranges: sp.ranges.clone(), pending: VecDeque::new() })
-    }
+    Msg::PageFault { address, .. } => sp.pending.push_back(address & !(PAGE - 1)),
+    Msg::Fork { ufd } => spaces_new.push(Space {
+      fd: ufd as RawFd,
+      image_idx: sp.image_idx,
+      ranges: sp.ranges.clone(),
+      pending: VecDeque::new(),
+    }),
     Msg::Remap { from, to, len } => {
       split(&mut sp.ranges, from);
       split(&mut sp.ranges, from + len);
@@ -194,7 +198,6 @@ fn apply(sp: &mut Space, m: Msg, spaces_new: &mut Vec<Space>) {
       split(&mut sp.ranges, end);
       sp.ranges.retain(|r| r.1 <= start || end <= r.0);
     }
-    Msg::Other(e) => eprintln!("mini-daemon: ignoring uffd event {e:#x}"),
   }
 }
 
@@ -228,7 +231,10 @@ fn serve(layout: &Layout, spaces: &mut Vec<Space>, sock: RawFd, corrupt: Option<
         if n != 32 {
           break;
         }
-        apply(sp, uffd::parse_msg(&m), &mut born);
+        match uffd::parse_msg(&m) {
+          Ok(ev) => apply(sp, ev, &mut born),
+          Err(e) => eprintln!("mini-daemon: ignoring {e}"),
+        }
       }
     }
     spaces.extend(born);

@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use super::report::{How, Out};
 use super::{Loop, BATCH};
-use crate::msg::{self, Event, MSG_SIZE};
 use crate::pageclient::UrgentReq;
 use crate::table::{Entry, Source, PAGE};
 use crate::uffd::CopyResult;
+use uffd_sys::msg::{self, Event, MSG_SIZE};
 
 impl Loop {
   /// Reads and handles every message the uffd has (batches of 64).
@@ -47,7 +47,7 @@ impl Loop {
       }
       let count = n / MSG_SIZE;
       // Index of the first layout-change event in this batch (faults before it are only woken).
-      let first_event = (0..count).find(|&i| buf[i * MSG_SIZE] != 0x12);
+      let first_event = (0..count).find(|&i| buf[i * MSG_SIZE] != uffd_sys::EVENT_PAGEFAULT);
       for i in 0..count {
         let m = &buf[i * MSG_SIZE..(i + 1) * MSG_SIZE];
         match msg::decode(m) {

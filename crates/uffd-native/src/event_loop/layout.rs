@@ -8,8 +8,8 @@ use super::commands::Cmd;
 use super::report::Out;
 use super::stats::Counters;
 use super::Loop;
-use crate::msg::Event;
 use crate::uffd::Uffd;
+use uffd_sys::msg::Event;
 
 impl Loop {
   pub(super) fn on_layout_event(&mut self, proc_id: u32, ev: Event) {

@@ -2,14 +2,10 @@
 
 use std::fmt;
 
+use crate::{EVENT_FORK, EVENT_PAGEFAULT, EVENT_REMAP, EVENT_REMOVE, EVENT_UNMAP};
+
 /// Size of one `struct uffd_msg`.
 pub const MSG_SIZE: usize = 32;
-
-const EV_PAGEFAULT: u8 = 0x12;
-const EV_FORK: u8 = 0x13;
-const EV_REMAP: u8 = 0x14;
-const EV_REMOVE: u8 = 0x15;
-const EV_UNMAP: u8 = 0x16;
 
 /// One decoded userfaultfd event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,11 +65,11 @@ pub fn decode(b: &[u8]) -> Result<Event, MsgError> {
     return Err(MsgError::Short(b.len()));
   }
   Ok(match b[0] {
-    EV_PAGEFAULT => Event::PageFault { flags: u64_at(b, 8), address: u64_at(b, 16), ptid: u32_at(b, 24) },
-    EV_FORK => Event::Fork { ufd: u32_at(b, 8) },
-    EV_REMAP => Event::Remap { from: u64_at(b, 8), to: u64_at(b, 16), len: u64_at(b, 24) },
-    EV_REMOVE => Event::Remove { start: u64_at(b, 8), end: u64_at(b, 16) },
-    EV_UNMAP => Event::Unmap { start: u64_at(b, 8), end: u64_at(b, 16) },
+    EVENT_PAGEFAULT => Event::PageFault { flags: u64_at(b, 8), address: u64_at(b, 16), ptid: u32_at(b, 24) },
+    EVENT_FORK => Event::Fork { ufd: u32_at(b, 8) },
+    EVENT_REMAP => Event::Remap { from: u64_at(b, 8), to: u64_at(b, 16), len: u64_at(b, 24) },
+    EVENT_REMOVE => Event::Remove { start: u64_at(b, 8), end: u64_at(b, 16) },
+    EVENT_UNMAP => Event::Unmap { start: u64_at(b, 8), end: u64_at(b, 16) },
     other => return Err(MsgError::Unknown(other)),
   })
 }
