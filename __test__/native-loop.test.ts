@@ -184,6 +184,10 @@ test('fork, remap, remove and unmap are reported with their fields; requests of 
 test('a killed peer is reported (exit) without a crash, and later requests complete', async (t) => {
   const { base, peer, loop, events, procId } = await setup(t);
   loop.installTable(procId, 1, []);
+  // Commands run in order on the loop thread: once the table is in, so is the process (and its pidfd,
+  // which reports the exit). Killed earlier, a peer reaped before the loop opened its pidfd would
+  // have no exit to report (seen on a loaded machine): its end then shows on the next copy instead.
+  for (let i = 0; i < 200 && loop.stats(procId).gen !== 1; i++) await new Promise((r) => setTimeout(r, 5));
   peer.child.kill('SIGKILL');
   await events.waitFor(is('exit', procId));
   loop.zero(procId, 1, 1, base, PAGE, false);
