@@ -59,28 +59,8 @@ function toNativeError(e: unknown): NativeError {
   return new NativeError(code, message, { cause: e });
 }
 
-/** Result of a COPY or ZEROPAGE. `again` carries the bytes placed before the kernel asked to retry. */
-export type CopyOutcome =
-  | { status: 'ok'; bytes: number }
-  | { status: 'again'; bytes: number }
-  | { status: 'exists' }
-  | { status: 'noent' }
-  | { status: 'gone' }
-  | { status: 'error'; errno: number; message: string };
-
-function toOutcome(r: Raw.RawCopyOutcome): CopyOutcome {
-  switch (r.status) {
-    case 'ok':
-    case 'again':
-      return { status: r.status, bytes: r.bytes };
-    case 'exists':
-    case 'noent':
-    case 'gone':
-      return { status: r.status };
-    default:
-      return { status: 'error', errno: r.errno ?? 0, message: r.message ?? `errno ${r.errno}` };
-  }
-}
+/** Result of a COPY or ZEROPAGE, a union on `status`: `again` carries the bytes placed before the kernel asked to retry. */
+export type CopyOutcome = Raw.CopyOutcome;
 
 /** A read-only mapping of a raw pages file (`pages-<id>.img`). An empty file is valid. */
 export class PageImage {
@@ -146,15 +126,15 @@ export class Uffd {
   }
   /** UFFDIO_COPY `len` bytes of `image` at `fileOffset` to `dst` (zero-copy from the mapping). */
   copyFromImage(image: PageImage, fileOffset: number, dst: bigint, len: number, opts: CopyOptions = {}): CopyOutcome {
-    return toOutcome(call(() => this.raw.copyFromImage(image.raw, fileOffset, dst, len, opts.dontWake ?? false)));
+    return call(() => this.raw.copyFromImage(image.raw, fileOffset, dst, len, opts.dontWake ?? false));
   }
   /** UFFDIO_COPY of `buf` to `dst`. */
   copyFromBuffer(buf: Buffer, dst: bigint, opts: CopyOptions = {}): CopyOutcome {
-    return toOutcome(call(() => this.raw.copyFromBuffer(buf, dst, opts.dontWake ?? false)));
+    return call(() => this.raw.copyFromBuffer(buf, dst, opts.dontWake ?? false));
   }
   /** UFFDIO_ZEROPAGE over `dst..dst+len`. */
   zeropage(dst: bigint, len: number, opts: CopyOptions = {}): CopyOutcome {
-    return toOutcome(call(() => this.raw.zeropage(dst, len, opts.dontWake ?? false)));
+    return call(() => this.raw.zeropage(dst, len, opts.dontWake ?? false));
   }
   /** Closes the fd. */
   close(): void {

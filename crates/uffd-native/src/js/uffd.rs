@@ -31,26 +31,27 @@ pub fn uffd_probe() -> UffdProbe {
   }
 }
 
-/// Outcome of a COPY/ZEROPAGE as seen by JS.
-#[napi(object, object_from_js = false)]
-pub struct RawCopyOutcome {
-  /// 'ok' | 'again' | 'exists' | 'noent' | 'gone' | 'error'
-  pub status: String,
-  pub bytes: f64,
-  pub errno: Option<i32>,
-  pub message: Option<String>,
+/// Outcome of a COPY/ZEROPAGE as seen by JS: a union on `status` (`again` carries the bytes placed
+/// before the kernel asked to retry; `error` any other errno, with its text).
+#[napi(discriminant = "status", discriminant_case = "lowercase", object_from_js = false)]
+pub enum CopyOutcome {
+  Ok { bytes: f64 },
+  Again { bytes: f64 },
+  Exists,
+  NoEnt,
+  Gone,
+  Error { errno: i32, message: String },
 }
 
-fn outcome(r: CopyResult) -> RawCopyOutcome {
-  let (status, bytes, errno) = match r {
-    CopyResult::Copied(n) => ("ok", n, None),
-    CopyResult::Again { copied } => ("again", copied, None),
-    CopyResult::Exists => ("exists", 0, None),
-    CopyResult::NoEnt => ("noent", 0, None),
-    CopyResult::ProcessGone => ("gone", 0, None),
-    CopyResult::Other(e) => ("error", 0, Some(e)),
-  };
-  RawCopyOutcome { status: status.into(), bytes: bytes as f64, errno, message: errno.map(uffd::errno_text) }
+fn outcome(r: CopyResult) -> CopyOutcome {
+  match r {
+    CopyResult::Copied(n) => CopyOutcome::Ok { bytes: n as f64 },
+    CopyResult::Again { copied } => CopyOutcome::Again { bytes: copied as f64 },
+    CopyResult::Exists => CopyOutcome::Exists,
+    CopyResult::NoEnt => CopyOutcome::NoEnt,
+    CopyResult::ProcessGone => CopyOutcome::Gone,
+    CopyResult::Other(e) => CopyOutcome::Error { errno: e, message: uffd::errno_text(e) },
+  }
 }
 
 /// An owned userfaultfd.
@@ -113,7 +114,7 @@ impl Uffd {
     dst: BigInt,
     len: f64,
     dontwake: Option<bool>,
-  ) -> Result<RawCopyOutcome> {
+  ) -> Result<CopyOutcome> {
     let (off, len) = (num_u64(file_offset, "fileOffset")?, num_u64(len, "len")?);
     let dst = big_u64(&dst, "dst")?;
     let img = image.get()?;
@@ -125,7 +126,7 @@ impl Uffd {
 
   /// UFFDIO_COPY of `buf` to `dst`.
   #[napi]
-  pub fn copy_from_buffer(&self, buf: Buffer, dst: BigInt, dontwake: Option<bool>) -> Result<RawCopyOutcome> {
+  pub fn copy_from_buffer(&self, buf: Buffer, dst: BigInt, dontwake: Option<bool>) -> Result<CopyOutcome> {
     let dst = big_u64(&dst, "dst")?;
     let mode = if dontwake.unwrap_or(false) { MODE_DONTWAKE } else { 0 };
     // SAFETY: `buf` is borrowed for the whole call; pointer and length come from the same slice.
@@ -134,7 +135,7 @@ impl Uffd {
 
   /// UFFDIO_ZEROPAGE.
   #[napi]
-  pub fn zeropage(&self, dst: BigInt, len: f64, dontwake: Option<bool>) -> Result<RawCopyOutcome> {
+  pub fn zeropage(&self, dst: BigInt, len: f64, dontwake: Option<bool>) -> Result<CopyOutcome> {
     let mode = if dontwake.unwrap_or(false) { MODE_DONTWAKE } else { 0 };
     Ok(outcome(self.get()?.zeropage(big_u64(&dst, "dst")?, num_u64(len, "len")?, mode)))
   }
