@@ -32,12 +32,7 @@ int main(int argc, char **argv) {
   uint64_t r = g_seed * 7919 + 17;
   size_t done = 0;
   while (done < touches) {
-    r = mix64(r);
-    size_t pg = r % npages;
-    if (seen[pg]) continue;
-    seen[pg] = 1;
-    size_t word = (r >> 32) % (PAGE / 8);
-    uint64_t off = pg * PAGE + word * 8;
+    uint64_t off = next_random_word(&r, seen, npages);
     double t0 = now_us();
     uint64_t got = mem[off / 8];
     lat[done++] = now_us() - t0;

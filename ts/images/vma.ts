@@ -5,17 +5,8 @@ import {
 } from './constants.js';
 import { ImageError, hex } from './errors.js';
 
-export interface Vma {
-  start: bigint;
-  end: bigint;
-  pgoff: bigint;
-  shmid: bigint;
-  prot: number;
-  flags: number;
-  status: number;
-  madv: bigint;
-  lazy: boolean;
-}
+/** A VMA of the checkpoint: the fields of its mm-<pid>.img entry we use, and whether it is lazy. */
+export type Vma = Pick<VmaEntry, 'start' | 'end' | 'pgoff' | 'shmid' | 'prot' | 'flags' | 'status' | 'madv'> & { lazy: boolean };
 
 /**
  * CRIU restores only private anonymous memory lazily: file pages come from the file, shared

@@ -106,11 +106,7 @@ static uint64_t run_after_restore(struct region r, int role, size_t touches) {
   uint64_t t_touch0 = now_ns(), x = seed;
   size_t done = 0;
   while (done < touches) {
-    x = mix64(x);
-    size_t pg = x % npages;
-    if (seen[pg]) continue;
-    seen[pg] = 1;
-    uint64_t off = pg * PAGE + ((x >> 40) % (PAGE / 8)) * 8;
+    uint64_t off = next_random_word(&x, seen, npages);
     long f0 = faults();
     uint64_t t0 = now_ns();
     uint64_t got = r.mem[off / 8];

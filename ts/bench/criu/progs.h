@@ -86,4 +86,17 @@ static UNUSED void wait_file(const char *name, long give_up_s) {
   }
 }
 
+/* The next of a series of distinct random pages out of `npages` (`seen` marks those taken; the
+ * caller asks for no more than npages) and a random word in it: returns the word's byte offset. `x`
+ * is the generator's state. */
+static UNUSED uint64_t next_random_word(uint64_t *x, unsigned char *seen, size_t npages) {
+  for (;;) {
+    *x = mix64(*x);
+    size_t pg = *x % npages;
+    if (seen[pg]) continue;
+    seen[pg] = 1;
+    return pg * PAGE + ((*x >> 40) % (PAGE / 8)) * 8;
+  }
+}
+
 #endif
