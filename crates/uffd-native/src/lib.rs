@@ -11,10 +11,13 @@ pub mod image;
 pub mod outbox;
 pub mod pagebuf;
 pub mod pageclient;
+pub mod pagefetch;
 pub mod pageserver;
 pub mod pagewire;
 pub mod poller;
 pub mod table;
+pub mod tls;
+pub mod transport;
 pub mod uffd;
 
 // The napi layer needs Node's symbols at link time, so unit tests (a plain executable) leave it out.

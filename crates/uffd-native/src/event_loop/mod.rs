@@ -235,7 +235,7 @@ struct Loop {
   last_fault: Option<Instant>,
   quiet_piece: u64,
   out: Vec<Out>,
-  /// The native page-server client (None: remote faults go to TS).
+  /// The native page-server client, plain TCP or TLS (None: no page server; remote faults go to TS).
   client: Option<Box<PageClient>>,
   fetch_window: u64,
   /// The page a local fault's data is read into before its copy.
@@ -272,7 +272,9 @@ impl Loop {
     let mut evs = [EMPTY; 32];
     let mut spin_since: Option<Instant> = None;
     loop {
-      let busy = !self.urgent.is_empty() || !self.background.is_empty();
+      // Under TLS, reply bytes can wait decrypted inside rustls, where epoll does not see them.
+      let tls_input = self.client.as_mut().is_some_and(|c| c.buffered());
+      let busy = !self.urgent.is_empty() || !self.background.is_empty() || tls_input;
       // While a fault's page is on the wire, poll for the reply for a short while instead of
       // sleeping: the faulting thread is frozen until it arrives, and waking this thread from an
       // idle CPU costs tens of microseconds on a VM. Bounded, and only with a reply outstanding.
@@ -308,6 +310,9 @@ impl Loop {
           TOK_PS => self.on_source(flags),
           _ => {}
         }
+      }
+      if self.client.as_mut().is_some_and(|c| c.buffered()) {
+        self.on_source(libc::EPOLLIN as u32);
       }
       self.check_source_stall();
       if self.shared.stop.load(Ordering::SeqCst) {

@@ -9,6 +9,7 @@ use napi_derive::napi;
 use super::args::{num_u64, page_multiple};
 use super::batch_callback::BatchCallback;
 use super::page_image::PageImage;
+use super::tls_files::RawTlsFiles;
 use super::uffd::Uffd;
 use super::Result;
 use crate::errors::{big_u64, to_napi, ArgError};
@@ -328,12 +329,20 @@ impl EventLoop {
     })
   }
 
-  /// Connects the loop thread to a CRIU page server over plain TCP (one connection, TCP_NODELAY, as CRIU's page servers accept): faults in
-  /// remote table entries with an image pid are then served natively, and `fetch` works.
-  /// Connecting blocks this call for at most `timeoutMs`; failures throw `EPAGESERVER` naming
-  /// address:port. `timeoutMs` is also the longest one reply may take, from when it is awaited to its last byte.
+  /// Connects the loop thread to a CRIU page server over plain TCP, or TLS with `tls` (one connection,
+  /// TCP_NODELAY, as CRIU's page servers accept): faults in remote table entries with an image pid are
+  /// then served natively, and `fetch` works. Connecting (and the TLS handshake) blocks this call for at
+  /// most `timeoutMs` each; failures throw `EPAGESERVER` naming address:port, unusable TLS files `EOPTION`
+  /// naming the option and file. `timeoutMs` is also the longest one reply may take, from when it is
+  /// awaited to its last byte.
   #[napi]
-  pub fn connect_page_server(&self, address: String, port: u32, timeout_ms: u32) -> Result<()> {
+  pub fn connect_page_server(
+    &self,
+    address: String,
+    port: u32,
+    timeout_ms: u32,
+    tls: Option<RawTlsFiles>,
+  ) -> Result<()> {
     self.live()?;
     let port = u16::try_from(port)
       .ok()
@@ -346,8 +355,12 @@ impl EventLoop {
     if s.connected.load(Ordering::Relaxed) {
       return Err(to_napi(ArgError::Invalid("connectPageServer: a page server is already connected".into())));
     }
+    let tls = match tls {
+      Some(t) => Some(crate::tls::client_config(&t.into()).map_err(to_napi)?),
+      None => None,
+    };
     let c =
-      PageClient::connect(&address, port, std::time::Duration::from_millis(timeout_ms as u64)).map_err(to_napi)?;
+      PageClient::connect(&address, port, std::time::Duration::from_millis(timeout_ms as u64), tls).map_err(to_napi)?;
     // Marked here (not only on the thread) so a `fetch` right after this call is accepted.
     s.connected.store(true, Ordering::Relaxed);
     s.failed.store(false, Ordering::Relaxed);

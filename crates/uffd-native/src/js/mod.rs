@@ -8,6 +8,8 @@ mod guardian;
 mod handover_listener;
 mod page_image;
 mod page_server;
+mod page_server_client;
+mod tls_files;
 mod uffd;
 
 pub use event_loop::*;
@@ -15,6 +17,8 @@ pub use guardian::*;
 pub use handover_listener::*;
 pub use page_image::*;
 pub use page_server::*;
+pub use page_server_client::*;
+pub use tls_files::*;
 pub use uffd::*;
 
 use napi_derive::napi;

@@ -1,4 +1,4 @@
-//! The `NativePageServer` class (the plain-TCP page-server engine) and what it reports.
+//! The `NativePageServer` class (the page server, plain TCP or TLS) and what it reports.
 
 use std::path::Path;
 
@@ -6,6 +6,7 @@ use napi::bindgen_prelude::{BigUint64Array, Function};
 use napi_derive::napi;
 
 use super::batch_callback::BatchCallback;
+use super::tls_files::RawTlsFiles;
 use super::Result;
 use crate::errors::{to_napi, ArgError};
 use crate::image;
@@ -31,6 +32,8 @@ pub struct RawPageServerOptions {
   pub idle_timeout_ms: Option<u32>,
   /// Only peers inside one of these networks (`ADDR/LEN`) are served (absent or empty = everyone).
   pub allow: Option<Vec<String>>,
+  /// Serve over TLS (mutual X.509 authentication) with these files.
+  pub tls: Option<RawTlsFiles>,
 }
 
 /// The servable runs of one image pid: `[start, end, imageId, fileOffset]*`, sorted.
@@ -90,7 +93,7 @@ fn ps_event(e: Event) -> PageServerEvent {
   }
 }
 
-/// The native page-server engine (plain TCP): one thread serving every connection.
+/// The native page server (plain TCP or TLS): one thread serving every connection.
 #[napi]
 pub struct NativePageServer {
   handle: Option<crate::pageserver::Handle>,
@@ -140,6 +143,10 @@ impl NativePageServer {
       max_per_peer: options.max_per_peer.unwrap_or(0),
       idle: options.idle_timeout_ms.filter(|ms| *ms > 0).map(|ms| std::time::Duration::from_millis(ms as u64)),
       allow: options.allow.unwrap_or_default(),
+      tls: match options.tls {
+        Some(t) => Some(crate::tls::server_config(&t.into()).map_err(to_napi)?),
+        None => None,
+      },
     };
     let handle = pageserver::start(opts, cat, callback.notify()).map_err(to_napi)?;
     callback.started(handle.shared.clone());

@@ -1,9 +1,9 @@
 //! One client connection of the native page server: decodes 32-byte headers from arbitrary pieces, queues
-//! them in order, and writes replies straight out of the mmapped pages files (sendmsg of header + mapping,
-//! no copy), a bounded budget at a time so one busy connection cannot hold up the others.
+//! them in order, and writes replies a bounded budget at a time so one busy connection cannot hold up the
+//! others. Plain TCP: straight out of the mmapped pages files (sendmsg of header + mapping, no copy). TLS:
+//! through rustls, the header and each piece of data as records of their own (see `write_tls`).
 
 use std::collections::VecDeque;
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
@@ -12,9 +12,14 @@ use super::catalog::Catalog;
 use super::request::{self, Ask, End, Reason};
 use crate::image::PageImage;
 use crate::pagewire::{Header, HDR, REPLY_CMD};
+use crate::transport::{Got, Transport};
 
 /// Requests queued beyond this stop reads from the socket: pipelining is bounded.
 pub const MAX_QUEUED: usize = 1024;
+
+/// Largest piece of reply data handed to rustls at once under TLS (four 16 KiB records): what waits for
+/// the socket stays bounded, and the next piece is encrypted only once the socket has taken this one.
+const TLS_PIECE: u64 = 64 << 10;
 
 enum Item {
   Req(Header),
@@ -56,7 +61,13 @@ pub enum Read_ {
 
 pub struct Conn {
   pub stream: TcpStream,
+  pub transport: Transport,
+  /// The session number, once it is one (under TLS: once the handshake is done; 0 before).
   pub session: u32,
+  /// TLS: the handshake must be done by then.
+  pub handshake_until: Option<Instant>,
+  /// Ended gracefully under TLS with output still waiting for the socket: FIN once it is out.
+  pub fin_pending: bool,
   pub peer: String,
   /// The peer's (normalized) IP: what the per-peer cap counts.
   pub ip: IpAddr,
@@ -86,10 +97,13 @@ pub struct Conn {
 }
 
 impl Conn {
-  pub fn new(stream: TcpStream, session: u32, peer: String) -> Conn {
+  pub fn new(stream: TcpStream, transport: Transport, session: u32, peer: String) -> Conn {
     Conn {
       stream,
+      transport,
       session,
+      handshake_until: None,
+      fin_pending: false,
       peer,
       ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
       idle_since: Instant::now(),
@@ -110,9 +124,9 @@ impl Conn {
     }
   }
 
-  /// True while a reply is being written or requests wait.
+  /// True while a reply is being written, requests wait, or (TLS) written records wait for the socket.
   pub fn has_work(&self) -> bool {
-    self.reply.is_some() || !self.queue.is_empty()
+    self.reply.is_some() || !self.queue.is_empty() || self.transport.pending_out()
   }
 
   /// The epoll interest this connection needs now.
@@ -121,7 +135,7 @@ impl Conn {
     if self.linger_until.is_some() || (!self.poisoned && self.queue.len() < MAX_QUEUED) {
       i |= libc::EPOLLIN as u32;
     }
-    if self.blocked {
+    if self.blocked || self.transport.pending_out() {
       i |= libc::EPOLLOUT as u32;
     }
     i
@@ -129,28 +143,55 @@ impl Conn {
 
   /// Reads what the socket holds (into `buf`), queueing decoded headers.
   pub fn read(&mut self, buf: &mut [u8]) -> Read_ {
+    let fd = self.stream.as_raw_fd();
     while !self.poisoned && self.queue.len() < MAX_QUEUED {
-      match self.stream.read(buf) {
-        Ok(0) => return self.on_eof(),
-        Ok(n) => self.push(&buf[..n]),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Read_::More,
-        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+      match self.transport.read(fd, buf) {
+        Ok(Got::Eof) => return self.on_eof(),
+        Ok(Got::Bytes(n)) => self.push(&buf[..n]),
+        Ok(Got::Nothing) => return Read_::More,
         Err(_) => return Read_::Ended(self.gone()),
       }
     }
     Read_::More
   }
 
-  /// Lingering after a graceful end: discards input; true once the client has closed (or failed).
+  /// TLS: requests wait decrypted inside rustls (epoll cannot see them) and the queue has room for them.
+  pub fn input_buffered(&mut self) -> bool {
+    !self.poisoned && self.queue.len() < MAX_QUEUED && self.linger_until.is_none() && self.transport.buffered()
+  }
+
+  /// Lingering after a graceful end: sends what waits (then FIN) and discards input; true once the
+  /// client has closed (or failed).
   pub fn discard(&mut self, buf: &mut [u8]) -> bool {
-    loop {
-      match self.stream.read(buf) {
-        Ok(0) => return true,
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+    let fd = self.stream.as_raw_fd();
+    if self.fin_pending {
+      match self.transport.flush(fd) {
+        Ok(true) => {
+          self.fin_pending = false;
+          let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        }
+        Ok(false) => {}
         Err(_) => return true,
       }
+    }
+    loop {
+      match self.transport.read(fd, buf) {
+        Ok(Got::Eof) | Err(_) => return true,
+        Ok(Got::Bytes(_)) => {}
+        Ok(Got::Nothing) => return false,
+      }
+    }
+  }
+
+  /// Ends the writing side after a graceful end: replies already written still reach the client (TLS:
+  /// close_notify after them), then FIN, never a reset.
+  pub fn finish_writing(&mut self) {
+    let fd = self.stream.as_raw_fd();
+    self.transport.close_notify(fd);
+    if self.transport.pending_out() {
+      self.fin_pending = true;
+    } else {
+      let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
   }
 
@@ -208,6 +249,15 @@ impl Conn {
   /// Serves queued requests in order, writing at most about `budget` bytes.
   pub fn serve(&mut self, cat: &Catalog, budget: u64, max_reply_pages: u64) -> Turn {
     let mut left = budget;
+    // TLS: records written before wait for the socket first.
+    match self.transport.flush(self.stream.as_raw_fd()) {
+      Ok(true) => {}
+      Ok(false) => {
+        self.blocked = true;
+        return Turn::Blocked;
+      }
+      Err(_) => return Turn::Ended(self.gone()),
+    }
     loop {
       if self.reply.is_none() {
         match self.queue.pop_front() {
@@ -294,8 +344,56 @@ impl Conn {
     }
   }
 
-  /// One sendmsg of what is left of the header and up to `limit` bytes of data, straight from the mapping.
+  /// Writes the next part of the reply: at most `limit` bytes of data.
   fn write_some(&mut self, limit: u64) -> Result<u64, WriteErr> {
+    if self.transport.is_tls() {
+      return self.write_tls(limit);
+    }
+    self.write_plain(limit)
+  }
+
+  /// TLS: the header, or the next piece of data, as TLS records of their own, and only once everything
+  /// written before has left for the socket.
+  ///
+  /// Why records of their own: CRIU's lazy-pages daemon waits on epoll for its page-server socket and then
+  /// makes ONE gnutls_record_recv per wake-up (criu/page-xfer.c, page_server_async_read → page_server_read
+  /// with MSG_DONTWAIT): first for exactly the 32-byte header, on a later wake-up for the data. GnuTLS
+  /// pulls whole records off the socket and keeps what the caller did not ask for in its own buffer, which
+  /// epoll cannot see: a record holding header + data would leave the data stranded there, the socket
+  /// would never turn readable again, and CRIU would wait forever. rustls makes each write records of
+  /// its own, never shared with the next write.
+  fn write_tls(&mut self, limit: u64) -> Result<u64, WriteErr> {
+    let fd = self.stream.as_raw_fd();
+    match self.transport.flush(fd) {
+      Ok(true) => {}
+      Ok(false) => return Err(WriteErr::Again),
+      Err(_) => return Err(WriteErr::Gone),
+    }
+    let r = self.reply.as_mut().expect("a reply is being written");
+    let n = if r.head_sent < r.head_len {
+      let head = &r.head[r.head_sent..r.head_len];
+      self.transport.write(fd, head).map_err(|_| WriteErr::Gone)?;
+      r.head_sent = r.head_len;
+      head.len() as u64
+    } else if let Some((img, off)) = &r.data {
+      let n = (r.len - r.sent).min(limit).min(TLS_PIECE);
+      let p = img.ptr_at(off + r.sent, n).map_err(|e| WriteErr::Image(e.to_string()))?;
+      // SAFETY: a bounds-checked range of a read-only mapping kept alive by the reply's `PageImage`.
+      let data = unsafe { std::slice::from_raw_parts(p, n as usize) };
+      self.transport.write(fd, data).map_err(|_| WriteErr::Gone)?;
+      r.sent += n;
+      n
+    } else {
+      0
+    };
+    // The previous records were all out, so the socket took something since the last call.
+    self.last_progress = Instant::now();
+    self.blocked = false;
+    Ok(n)
+  }
+
+  /// One sendmsg of what is left of the header and up to `limit` bytes of data, straight from the mapping.
+  fn write_plain(&mut self, limit: u64) -> Result<u64, WriteErr> {
     let r = self.reply.as_mut().expect("a reply is being written");
     let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2];
     let mut cnt = 0;

@@ -1,11 +1,14 @@
-//! The native page-server engine (plain TCP): one thread with one epoll serving every client connection
-//! of a page server (CRIU page-server protocol, spec §7). A fault's 1-page GET is answered within the
+//! The page server: one thread with one epoll serving every client connection of a page server (CRIU
+//! page-server protocol, spec §7), over plain TCP or TLS. A fault's 1-page GET is answered within the
 //! same epoll wakeup that read it, straight out of the mmapped pages file, instead of crossing Node's
 //! event loop; big replies are written a bounded piece at a time, round robin over the connections that
 //! have output pending, so a background stream never holds up another connection's fault.
 //!
-//! Sessions, validation and end reasons mirror ts/pageserver/session.ts (the TS engine, still used for
-//! TLS); events reach JS through an [`Outbox`] drained by a threadsafe function.
+//! TLS (crate::tls: TLS 1.2, mutual authentication): each connection's handshake is driven by the same
+//! epoll loop, non-blocking, so a slow or stuck handshaker holds up nobody; it must finish within the idle
+//! timeout (at most 2 minutes). A session starts only once its handshake is done; a failed one is
+//! reported as `tls-handshake-failed` with session 0. Events reach JS through an [`Outbox`] drained by a
+//! threadsafe function.
 //!
 //! Limits (limits.rs): `--allow` networks, total and per-peer connection caps (a connection refused is
 //! closed at accept, before a byte of it is read), an idle timeout, and a listener that stops being polled
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::outbox::Outbox;
 use crate::poller::{Poller, Waker, EMPTY};
+use crate::transport::Transport;
 use catalog::Catalog;
 use conn::{Conn, Read_, Turn};
 use limits::{AcceptErr, Cidr, Gate};
@@ -36,6 +40,9 @@ pub const TURN_BUDGET: u64 = 128 << 10;
 
 /// How long the server keeps polling after its last request before it sleeps in epoll_wait.
 const BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Longest TLS handshake when there is no shorter idle timeout (what Node's TLS server allowed).
+const HANDSHAKE_MAX: Duration = Duration::from_secs(120);
 
 /// How long the listener is left alone after accept() failed for lack of fds (or memory).
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -70,6 +77,8 @@ pub struct Options {
   pub idle: Option<Duration>,
   /// `--allow` networks (`ADDR/LEN`): only peers inside one are served. Empty = everyone.
   pub allow: Vec<String>,
+  /// Serve over TLS with this configuration (crate::tls::server_config).
+  pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Reports to JS.
@@ -203,6 +212,7 @@ pub fn start(opts: Options, cat: Catalog, notify: Box<dyn Fn() + Send + Sync>) -
     opts,
     conns: HashMap::new(),
     ready: VecDeque::new(),
+    next_conn: 0,
     started: 0,
     ended: 0,
     out: Vec::new(),
@@ -227,9 +237,12 @@ struct Server {
   listener: Option<TcpListener>,
   cat: Catalog,
   opts: Options,
+  /// Connections by their own number (also their epoll token); a session number is given at its start.
   conns: HashMap<u32, Conn>,
   /// Connections with output to write and room to write it, in turn order.
   ready: VecDeque<u32>,
+  next_conn: u32,
+  /// Sessions started (the last session number).
   started: u32,
   ended: u32,
   out: Vec<Event>,
@@ -289,8 +302,9 @@ impl Server {
     let mut ids = ids;
     ids.sort_unstable();
     for id in ids {
-      let lingering = self.conns.get(&id).is_some_and(|c| c.linger_until.is_some());
-      if lingering {
+      // Lingering ones have ended already; handshaking ones never were sessions.
+      let quiet = self.conns.get(&id).is_some_and(|c| c.linger_until.is_some() || c.handshake_until.is_some());
+      if quiet {
         self.drop_conn(id);
       } else {
         self.end(id, End::new(Reason::ServerClosing, "the page server is shutting down"));
@@ -311,6 +325,8 @@ impl Server {
     for c in self.conns.values() {
       let d = if let Some(l) = c.linger_until {
         Some(l)
+      } else if let Some(h) = c.handshake_until {
+        Some(h)
       } else if c.blocked {
         Some(c.last_progress + self.opts.stall)
       } else if !c.has_work() {
@@ -366,25 +382,97 @@ impl Server {
       }
       // A fault's GET reply must leave at once, not wait for Nagle.
       let _ = stream.set_nodelay(true);
-      self.started += 1;
-      let id = self.started;
-      let mut c = Conn::new(stream, id, peer.clone());
+      let transport = match &self.opts.tls {
+        None => Transport::Plain,
+        Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
+          Ok(t) => Transport::tls(t),
+          Err(e) => {
+            self.gate.leave(ip);
+            self.out.push(Event::Warning { message: format!("{peer}: cannot start TLS: {e}") });
+            continue;
+          }
+        },
+      };
+      let tls = transport.is_tls();
+      self.next_conn += 1;
+      let id = self.next_conn;
+      let mut c = Conn::new(stream, transport, 0, peer);
       c.ip = ip;
       c.interest = libc::EPOLLIN as u32;
+      if tls {
+        // A handshake is a request in progress for no longer than the idle timeout.
+        c.handshake_until = Some(Instant::now() + self.opts.idle.map_or(HANDSHAKE_MAX, |i| i.min(HANDSHAKE_MAX)));
+      }
       if self.poller.add(c.stream.as_raw_fd(), c.interest, TOK_CONN + id as u64).is_err() {
         self.gate.leave(ip);
         continue;
       }
       self.conns.insert(id, c);
-      self.out.push(Event::Started { session: id, peer });
-      if self.opts.sessions.is_some_and(|n| self.started >= n) {
-        if let Some(l) = self.listener.take() {
-          if self.accept_paused_until.take().is_none() {
-            self.poller.remove(l.as_raw_fd());
-          }
+      if !tls {
+        self.start_session(id);
+      }
+    }
+  }
+
+  /// Connection `id` becomes a session (plain TCP: at accept; TLS: once its handshake is done). The last
+  /// session allowed (`--sessions`) closes the listener.
+  fn start_session(&mut self, id: u32) {
+    if self.opts.sessions.is_some_and(|n| self.started >= n) {
+      // A TLS connection accepted before the last session started, whose handshake ended after it.
+      let d = "the page server had already started its last session (--sessions)";
+      self.end(id, End::new(Reason::ServerClosing, d));
+      return;
+    }
+    let Some(c) = self.conns.get_mut(&id) else { return };
+    self.started += 1;
+    c.session = self.started;
+    c.idle_since = Instant::now();
+    self.out.push(Event::Started { session: c.session, peer: c.peer.clone() });
+    if self.opts.sessions.is_some_and(|n| self.started >= n) {
+      if let Some(l) = self.listener.take() {
+        if self.accept_paused_until.take().is_none() {
+          self.poller.remove(l.as_raw_fd());
         }
       }
     }
+  }
+
+  /// TLS: drives connection `id`'s handshake on readiness; false while it is not done (or it failed).
+  fn handshake(&mut self, id: u32) -> bool {
+    let Some(c) = self.conns.get_mut(&id) else { return false };
+    if c.handshake_until.is_none() {
+      return true;
+    }
+    match c.transport.handshake(c.stream.as_raw_fd()) {
+      Ok(true) => {
+        c.handshake_until = None;
+        self.start_session(id);
+        self.conns.contains_key(&id)
+      }
+      Ok(false) => {
+        self.sync_interest(id);
+        false
+      }
+      Err(e) => {
+        let why = e.to_string();
+        self.handshake_failed(id, why.strip_prefix("TLS: ").unwrap_or(&why).to_string());
+        false
+      }
+    }
+  }
+
+  /// A handshake failed or ran out of time: reported with session 0 (no session was started), and closed.
+  fn handshake_failed(&mut self, id: u32, detail: String) {
+    let Some(c) = self.conns.get(&id) else { return };
+    self.out.push(Event::Ended {
+      session: 0,
+      peer: c.peer.clone(),
+      reason: Reason::TlsHandshakeFailed,
+      detail,
+      requests: 0,
+      pages_sent: 0,
+    });
+    self.drop_conn(id);
   }
 
   /// accept() failed for want of a resource: the listener leaves epoll for [`ACCEPT_BACKOFF`].
@@ -442,6 +530,9 @@ impl Server {
   }
 
   fn on_conn(&mut self, id: u32, flags: u32) {
+    if !self.handshake(id) {
+      return;
+    }
     let Some(c) = self.conns.get_mut(&id) else { return };
     let hup = flags & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
     if c.linger_until.is_some() {
@@ -454,7 +545,8 @@ impl Server {
       // Writable again (or failed: the next write says how).
       c.blocked = false;
     }
-    if flags & (libc::EPOLLIN as u32) != 0 || hup {
+    // (Under TLS, requests can also wait decrypted from the handshake's last read.)
+    if flags & (libc::EPOLLIN as u32) != 0 || hup || c.input_buffered() {
       if let Read_::Ended(e) = c.read(&mut self.buf) {
         self.end(id, e);
         return;
@@ -485,6 +577,17 @@ impl Server {
         return;
       }
     }
+    // TLS: requests read into rustls while the queue was full wait there, unseen by epoll.
+    if c.input_buffered() {
+      if let Read_::Ended(e) = c.read(&mut self.buf) {
+        self.end(id, e);
+        return;
+      }
+      if !c.in_ready && c.has_work() {
+        c.in_ready = true;
+        self.ready.push_back(id);
+      }
+    }
     self.sync_interest(id);
   }
 
@@ -502,7 +605,7 @@ impl Server {
     let Some(c) = self.conns.get_mut(&id) else { return };
     self.ended += 1;
     self.out.push(Event::Ended {
-      session: id,
+      session: c.session,
       peer: c.peer.clone(),
       reason: e.reason,
       detail: e.detail,
@@ -512,7 +615,7 @@ impl Server {
     if e.reason.graceful() {
       // FIN after the replies already written; we read (and drop) until the client closes, for at most
       // the stall timeout, so closing never resets a connection whose replies are still in flight.
-      let _ = c.stream.shutdown(std::net::Shutdown::Write);
+      c.finish_writing();
       c.linger_until = Some(Instant::now() + self.opts.stall);
       c.blocked = false;
       self.sync_interest(id);
@@ -535,8 +638,14 @@ impl Server {
     let mut stalled = Vec::new();
     let mut expired = Vec::new();
     let mut idled = Vec::new();
+    let mut slow = Vec::new();
     for (id, c) in &self.conns {
-      if c.linger_until.is_some_and(|l| now >= l) {
+      if let Some(h) = c.handshake_until {
+        // Not a session yet: only the handshake's own deadline applies.
+        if now >= h {
+          slow.push(*id);
+        }
+      } else if c.linger_until.is_some_and(|l| now >= l) {
         expired.push(*id);
       } else if c.linger_until.is_none() && c.blocked && now >= c.last_progress + stall {
         stalled.push(*id);
@@ -548,6 +657,10 @@ impl Server {
     }
     for id in expired {
       self.drop_conn(id);
+    }
+    for id in slow {
+      let ms = self.opts.idle.map_or(HANDSHAKE_MAX, |i| i.min(HANDSHAKE_MAX)).as_millis();
+      self.handshake_failed(id, format!("no TLS handshake within {ms} ms"));
     }
     for id in stalled {
       let d = format!("the client read nothing for {} ms with a reply pending", stall.as_millis());

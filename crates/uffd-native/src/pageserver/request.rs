@@ -1,5 +1,5 @@
-//! How a page-server session judges a request: the same rules, end reasons and wording as the TS engine
-//! (ts/pagesource/protocol.ts checkRequest + ts/pageserver/session.ts), so both engines report alike.
+//! How a page-server session judges a request: the rules, the end reasons (ts/pageserver/events.ts spells
+//! them for the library) and the wording naming the offending field and stream offset.
 
 use crate::pagewire::{Header, GET, MAX_NR_PAGES};
 
@@ -7,8 +7,7 @@ use crate::pagewire::{Header, GET, MAX_NR_PAGES};
 pub const FORCE_CLOSE: u32 = 0x1024;
 const CLOSE: u32 = crate::pagewire::CLOSE;
 
-/// Why a session ended: `SessionEndReason` in JS, spelled in kebab-case ("client-stalled"), the
-/// spelling of ts/pageserver/events.ts (which has one more, TLS's "tls-handshake-failed").
+/// Why a session ended: `SessionEndReason` in JS, spelled in kebab-case ("client-stalled").
 #[napi_derive::napi(string_enum = "kebab-case", js_name = "SessionEndReason")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -24,6 +23,8 @@ pub enum Reason {
   UnknownPid,
   NoSuchPages,
   ImageError,
+  /// TLS: the handshake failed or did not finish in time (no session was started).
+  TlsHandshakeFailed,
   ServerClosing,
 }
 
@@ -135,7 +136,7 @@ mod tests {
   }
 
   #[test]
-  fn same_verdicts_and_words_as_the_ts_engine() {
+  fn verdicts_name_the_field_and_the_offset() {
     let e = check_header(&h(0x99, 1, 0, 1), 0).unwrap_err();
     assert_eq!(
       (e.reason, e.detail.as_str()),
