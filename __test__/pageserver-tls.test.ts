@@ -1,15 +1,19 @@
 /**
- * TLS with X.509 mutual authentication, as CRIU's --tls: certificates are made per test run with
- * the openssl CLI (a CA, a server cert for 127.0.0.1, one with a wrong name, a client cert).
+ * TLS with X.509 mutual authentication, as CRIU's --tls, on the native page server and the native client
+ * (rustls): certificates are made per test run with the openssl CLI (a CA, a server cert for 127.0.0.1,
+ * one with a wrong name, one named by its CN only, a client cert, one from another CA). Each failure mode
+ * has its test: no client certificate, a client from another CA, a server from another CA, a wrong name
+ * (and --tls-no-cn-verify), a CN-only certificate, unreadable and invalid PEM files.
  */
 import test from 'ava';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import net from 'node:net';
 import tls from 'node:tls';
 import { UserError } from '../ts/errors.js';
+import { PageServerClient } from '../ts/native/index.js';
 import { startPageServer, type PageServerEvent } from '../ts/pageserver/index.js';
-import { encodeGet } from '../ts/pagesource/protocol.js';
-import { RemotePageSource } from '../ts/pagesource/remote.js';
+import { encodeGet } from './helpers/wire.js';
 import { expectedPages, synthCheckpoint, tempDir } from './helpers/netns.js';
 import { hasOpenssl, makePki } from './helpers/pki.js';
 import { skipUnless } from './helpers/skip.js';
@@ -27,10 +31,10 @@ tlsTest('mutual TLS: a client with a CA-signed cert is served; one without a cer
   const v = p.vmas[0]!;
   const pages = Number((v.end - v.start) / 4096n);
 
-  const src = await RemotePageSource.connect({ address: '127.0.0.1', port: srv.port, tls: { cacert: pki.ca, ...pki.client } });
-  const [all, one] = await Promise.all([src.fetch(p.pid, v.start, pages, false), src.fetch(p.pid, v.start + 4096n, 1, true)]);
-  t.true(all.equals(expectedPages(p, v.start, pages)));
-  t.true(one.equals(expectedPages(p, v.start + 4096n, 1)));
+  const src = await PageServerClient.connect({ address: '127.0.0.1', port: srv.port, tls: { cacert: pki.ca, ...pki.client } });
+  const [all, one] = await src.fetchAll([{ pid: p.pid, vaddr: v.start, pages }, { pid: p.pid, vaddr: v.start + 4096n, pages: 1, urgent: true }]);
+  t.true(all!.equals(expectedPages(p, v.start, pages)));
+  t.true(one!.equals(expectedPages(p, v.start + 4096n, 1)));
   await src.close();
 
   // No client certificate at all: the server must refuse before sending any page.
@@ -46,16 +50,24 @@ tlsTest('mutual TLS: a client with a CA-signed cert is served; one without a cer
   });
   t.is(got.bytes, 0, 'no page reaches a client without a certificate');
 
-  // A certificate from a CA the server does not trust: also refused.
-  const intruder = await RemotePageSource.connect({ address: '127.0.0.1', port: srv.port, timeoutMs: 3000, tls: { cacert: pki.ca, ...pki.otherCaClient } })
+  // A certificate from a CA the server does not trust: also refused (in the handshake: TLS 1.2).
+  const intruder = await PageServerClient.connect({ address: '127.0.0.1', port: srv.port, timeoutMs: 3000, tls: { cacert: pki.ca, ...pki.otherCaClient } })
     .then((s) => s.fetch(p.pid, v.start, 1, true).finally(() => s.close().catch(() => undefined)))
     .then(() => 'served', (e: Error) => e);
   t.true(intruder instanceof UserError, `intruder must be refused, got ${String(intruder)}`);
-  t.regex((intruder as Error).message, new RegExp(`^page server 127\\.0\\.0\\.1:${srv.port}: `));
+  t.regex((intruder as Error).message, new RegExp(`^page server 127\\.0\\.0\\.1:${srv.port}: TLS handshake failed: the peer refused our certificate`));
+  t.is((intruder as UserError).code, 'EPAGESERVER');
 
-  await new Promise((r) => setTimeout(r, 50));
+  for (let i = 0; i < 100 && events.filter((e) => e.type === 'session-ended' && e.reason === 'tls-handshake-failed').length < 2; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
   const refused = events.filter((e) => e.type === 'session-ended' && e.reason === 'tls-handshake-failed');
   t.true(refused.length >= 2, 'each refusal is reported as a typed event');
+  for (const e of refused) {
+    t.is(e.type === 'session-ended' && e.session, 0, 'a failed handshake is no session');
+    t.regex(e.type === 'session-ended' ? e.detail : '', /certificate/);
+  }
+  t.is(events.filter((e) => e.type === 'session-started').length, 1, 'only the good client got a session');
 });
 
 tlsTest('the client checks the server name against --address unless noCnVerify', async (t) => {
@@ -63,15 +75,40 @@ tlsTest('the client checks the server name against --address unless noCnVerify',
   const ck = await synthCheckpoint(t, { size: 1 << 20, vmas: 1 });
   const srv = await startPageServer({ imagesDir: ck.dir, tls: { cacert: pki.ca, ...pki.wrongName } });
   t.teardown(() => srv.close());
-  await t.throwsAsync(RemotePageSource.connect({ address: '127.0.0.1', port: srv.port, tls: { cacert: pki.ca, ...pki.client } }), {
+  await t.throwsAsync(PageServerClient.connect({ address: '127.0.0.1', port: srv.port, tls: { cacert: pki.ca, ...pki.client } }), {
     instanceOf: UserError,
-    message: new RegExp(`^page server 127\\.0\\.0\\.1:${srv.port}: cannot connect: .*(IP: 127\\.0\\.0\\.1|altnames)`),
+    message: new RegExp(`^page server 127\\.0\\.0\\.1:${srv.port}: TLS handshake failed: the peer's certificate was refused: its name does not match: .*--tls-no-cn-verify`),
   });
   const p = ck.processes[0]!;
-  const src = await RemotePageSource.connect({ address: '127.0.0.1', port: srv.port, tls: { cacert: pki.ca, ...pki.client, noCnVerify: true } });
+  const src = await PageServerClient.connect({ address: '127.0.0.1', port: srv.port, tls: { cacert: pki.ca, ...pki.client, noCnVerify: true } });
   const b = await src.fetch(p.pid, p.vmas[0]!.start, 4, true);
   t.true(b.equals(expectedPages(p, p.vmas[0]!.start, 4)));
   await src.close();
+});
+
+tlsTest('a certificate named by its subject CN only is accepted for that address (as GnuTLS does), not for another', async (t) => {
+  const pki = makePki(tempDir(t, 'ps-pki-'));
+  const ck = await synthCheckpoint(t, { size: 1 << 20, vmas: 1 });
+  const srv = await startPageServer({ imagesDir: ck.dir, tls: { cacert: pki.ca, ...pki.cnOnly } });
+  t.teardown(() => srv.close());
+  const p = ck.processes[0]!;
+  const src = await PageServerClient.connect({ address: '127.0.0.1', port: srv.port, tls: { cacert: pki.ca, ...pki.client } });
+  t.true((await src.fetch(p.pid, p.vmas[0]!.start, 2, true)).equals(expectedPages(p, p.vmas[0]!.start, 2)));
+  await src.close();
+  await t.throwsAsync(PageServerClient.connect({ address: 'localhost', port: srv.port, tls: { cacert: pki.ca, ...pki.client } }), {
+    instanceOf: UserError, message: /TLS handshake failed: the peer's certificate was refused: its name does not match/,
+  });
+});
+
+tlsTest('a server whose certificate another CA signed is refused by the client', async (t) => {
+  const pki = makePki(tempDir(t, 'ps-pki-'));
+  const ck = await synthCheckpoint(t, { size: 1 << 20, vmas: 1 });
+  const srv = await startPageServer({ imagesDir: ck.dir, tls: { cacert: pki.ca, ...pki.server } });
+  t.teardown(() => srv.close());
+  // The client trusts only the other CA.
+  await t.throwsAsync(PageServerClient.connect({ address: '127.0.0.1', port: srv.port, tls: { ...pki.client, cacert: join(dirname(pki.ca), 'other-ca.pem') } }), {
+    instanceOf: UserError, message: new RegExp(`^page server 127\\.0\\.0\\.1:${srv.port}: TLS handshake failed: the peer's certificate was refused: it is not signed by the CA of --tls-cacert`),
+  });
 });
 
 /**
@@ -153,12 +190,30 @@ tlsTest('replies are framed as CRIU reads them: header and data in TLS records o
   t.is(k, plain.length);
 });
 
-tlsTest('missing TLS files are named by their option', async (t) => {
+tlsTest('unreadable and invalid TLS files are named by their option (EOPTION)', async (t) => {
   const ck = await synthCheckpoint(t, { size: 65536, vmas: 1 });
   await t.throwsAsync(startPageServer({ imagesDir: ck.dir, tls: { cacert: '/nonexistent/ca.pem', cert: '/x', key: '/y' } }), {
     instanceOf: UserError, message: /^--tls-cacert \/nonexistent\/ca.pem: cannot read: ENOENT/,
   });
-  await t.throwsAsync(RemotePageSource.connect({ address: '127.0.0.1', port: 1, tls: { cacert: '/etc/hostname', cert: '/nonexistent/c.pem', key: '/y' } }), {
+  await t.throwsAsync(PageServerClient.connect({ address: '127.0.0.1', port: 1, tls: { cacert: '/etc/hostname', cert: '/nonexistent/c.pem', key: '/y' } }), {
     instanceOf: UserError, message: /^--tls-cert \/nonexistent\/c.pem: cannot read/,
   });
+  const pki = makePki(tempDir(t, 'ps-pki-'));
+  const dir = tempDir(t, 'ps-badpem-');
+  const garbage = join(dir, 'garbage.pem');
+  writeFileSync(garbage, 'this is no certificate\n');
+  const broken = join(dir, 'broken.pem');
+  writeFileSync(broken, '-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n');
+  const cases: [Parameters<typeof startPageServer>[0]['tls'], RegExp][] = [
+    [{ cacert: garbage, ...pki.server }, new RegExp(`^--tls-cacert ${garbage}: no certificate in it`)],
+    [{ cacert: pki.ca, cert: broken, key: pki.server.key }, new RegExp(`^--tls-cert ${broken}: not valid PEM`)],
+    [{ cacert: pki.ca, cert: pki.server.cert, key: garbage }, new RegExp(`^--tls-key ${garbage}: no private key in it`)],
+    [{ cacert: pki.ca, cert: pki.server.cert, key: pki.client.key }, /^--tls-cert\/--tls-key\/--tls-cacert: the TLS files do not form a usable identity/],
+    [{ cacert: pki.ca, ...pki.server, cacrl: join(dir, 'missing.crl') }, new RegExp(`^--tls-cacrl ${dir}/missing.crl: cannot read: ENOENT`)],
+  ];
+  for (const [files, message] of cases) {
+    const e = await t.throwsAsync(startPageServer({ imagesDir: ck.dir, tls: files }), { instanceOf: UserError, message });
+    t.is(e?.code, 'EOPTION');
+    await t.throwsAsync(PageServerClient.connect({ address: '127.0.0.1', port: 1, tls: files }), { instanceOf: UserError, message });
+  }
 });

@@ -1,4 +1,7 @@
-/** A throw-away PKI made with the openssl CLI: a CA, a server cert for 127.0.0.1, a wrong-name cert, clients. */
+/**
+ * A throw-away PKI made with the openssl CLI: a CA, a server cert for 127.0.0.1, a wrong-name cert, one
+ * named 127.0.0.1 by its subject CN only (no subjectAltName, as many CRIU setups make them), clients.
+ */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -9,6 +12,7 @@ export interface Pki {
   ca: string;
   server: { cert: string; key: string };
   wrongName: { cert: string; key: string };
+  cnOnly: { cert: string; key: string };
   client: { cert: string; key: string };
   otherCaClient: { cert: string; key: string };
 }
@@ -30,6 +34,7 @@ export function makePki(dir: string): Pki {
     ca: join(dir, 'ca.pem'),
     server: leaf('server', '127.0.0.1', 'ca', 'IP:127.0.0.1'),
     wrongName: leaf('wrong', 'wrong.example', 'ca', 'DNS:wrong.example'),
+    cnOnly: leaf('cn-only', '127.0.0.1', 'ca'),
     client: leaf('client', 'lazy-pages-client', 'ca'),
     otherCaClient: leaf('intruder', 'intruder', 'other-ca'),
   };

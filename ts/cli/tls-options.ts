@@ -2,7 +2,7 @@
 import type { Argv } from 'yargs';
 import { z } from 'zod';
 
-import type { TlsFiles } from '../pageserver/tls.js';
+import type { TlsFiles } from '../native/index.js';
 
 /** zod fields of the TLS options (spread into a command's schema). */
 export const tlsFields = {

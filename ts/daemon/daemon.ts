@@ -19,7 +19,6 @@ import { join, resolve } from 'node:path';
 import { UserError } from '../errors.js';
 import { Checkpoint } from '../images/index.js';
 import { EventLoop, Guardian, HandoverListener } from '../native/index.js';
-import { RemotePageSource } from '../pagesource/remote.js';
 import type { DaemonContext } from './context.js';
 import { Emitter } from './emitter.js';
 import type { DaemonEvent, DaemonSummary } from './events.js';
@@ -36,7 +35,6 @@ import { LocalPages } from './transport/local.js';
 import { NativeRemote } from './transport/native-remote.js';
 import { BackgroundPump } from './transport/pump.js';
 import type { RemoteTransport, RemoteTransportFactory, TransportHost } from './transport/remote.js';
-import { TsRemote } from './ts-remote.js';
 import { checkDir, SOCKET_NAME } from './work-dir.js';
 import { WorkingSets } from './working-set.js';
 
@@ -64,29 +62,23 @@ export async function startLazyPagesDaemon(opts: DaemonOptions): Promise<LazyPag
     );
   }
   const ps = opts.pageServer;
-  if (ps?.tls) {
-    // TLS goes through Node's tls module: the TypeScript client fetches, the native core copies.
-    let onError: (e: UserError) => void = () => undefined;
-    const source = await RemotePageSource.connect({ ...ps, onError: (e) => onError(e) });
-    const d = new Daemon(checkpoint, workDir, opts, (host) => new TsRemote(source, host));
-    onError = (e) => d.sourceFailed(e);
-    d.start();
-    return d;
-  }
   if (!ps) {
     const d = new Daemon(checkpoint, workDir, opts);
     d.start();
     return d;
   }
-  // Plain TCP: the native event loop talks to the page server itself, so a remote fault is fetched
+  // The native event loop talks to the page server itself (TLS included), so a remote fault is fetched
   // and installed without a trip through the JS event loop.
   let native!: NativeRemote;
   const d = new Daemon(checkpoint, workDir, opts, (host) => (native = new NativeRemote(host)));
   try {
-    native.connect(ps.address, ps.port, ps.timeoutMs ?? 10_000);
+    native.connect(ps.address, ps.port, ps.timeoutMs ?? 10_000, ps.tls);
   } catch (e) {
     await d.close('the page server is unreachable');
-    throw new UserError('EPAGESERVER', `page server ${ps.address}:${ps.port}: ${(e as Error).message}`);
+    // A TLS file that cannot be used is the option's fault (EOPTION, naming it), not the server's.
+    if (e instanceof UserError && e.code === 'EOPTION') throw new UserError('EOPTION', e.message);
+    const m = (e as Error).message;
+    throw new UserError('EPAGESERVER', m.startsWith('page server ') ? m : `page server ${ps.address}:${ps.port}: ${m}`);
   }
   d.start();
   return d;
@@ -204,11 +196,6 @@ class Daemon implements LazyPagesDaemon, DaemonContext {
       return;
     }
     this.fail(new UserError('ESTOPPED', reason));
-  }
-
-  /** The page server failed: nobody can be served any more. */
-  sourceFailed(e: UserError): void {
-    this.fail(e);
   }
 
   emit(e: DaemonEvent): void {

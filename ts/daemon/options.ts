@@ -1,6 +1,6 @@
 /** What an embedder passes to `startLazyPagesDaemon()`, what it gets back, and each option's default. */
 import { PAGE_SIZE } from '../images/index.js';
-import type { TlsFiles } from '../pageserver/tls.js';
+import type { TlsFiles } from '../native/index.js';
 import type { DaemonEvent, DaemonSummary } from './events.js';
 import type { WorkingSetOptions } from './working-set.js';
 

@@ -446,14 +446,15 @@ export class EventLoop {
     return call(() => this.raw.stats(procId));
   }
   /**
-   * Connects the loop thread to a CRIU page server over plain TCP (TLS: use the TS client). Two connections
-   * are opened: faults in `remote` table entries (with `imagePid`) are then fetched and served without JS,
-   * and {@link EventLoop.fetch} works. Blocks for at most `timeoutMs` per connection; throws `EPAGESERVER`
-   * naming address:port. `timeoutMs` also bounds how long outstanding requests may make no progress before
-   * a `source-error`.
+   * Connects the loop thread to a CRIU page server, over plain TCP or, with `tls`, TLS with mutual X.509
+   * authentication (ONE connection, as CRIU's page servers accept): faults in `remote` table entries (with
+   * `imagePid`) are then fetched and served without JS, and {@link EventLoop.fetch} works. Blocks for at
+   * most `timeoutMs` to connect and as long for the TLS handshake; throws `EPAGESERVER` naming
+   * address:port, or `EOPTION` naming a TLS file that cannot be used. `timeoutMs` also bounds how long a
+   * reply may take once due before a `source-error`.
    */
-  connectPageServer(address: string, port: number, timeoutMs = 10_000): void {
-    call(() => this.raw.connectPageServer(address, port, timeoutMs));
+  connectPageServer(address: string, port: number, timeoutMs = 10_000, tls?: TlsFiles): void {
+    call(() => this.raw.connectPageServer(address, port, timeoutMs, tls));
   }
   /**
    * Background transfer: GETs `pages` pages of image process `imagePid` at image address `image` on the
@@ -533,6 +534,8 @@ export interface NativePageServerOptions {
   idleTimeoutMs?: number;
   /** Only peers inside one of these networks (`ADDR/LEN`, IPv4 or IPv6) are served; empty = everyone. */
   allow?: string[];
+  /** Serve over TLS (TLS 1.2, mutual X.509 authentication) with these files. */
+  tls?: TlsFiles;
 }
 
 /** Why a native page-server session ended (of ts/pageserver/events.ts's `SessionEndReason`, all but TLS's). */
@@ -550,7 +553,7 @@ type WithLiterals<T> = T extends unknown ? { [K in keyof T]: T[K] extends infer 
 export type NativePageServerEvent = WithLiterals<Raw.PageServerEvent>;
 
 /**
- * The native page-server engine (plain TCP): one native thread serves every connection straight out of the
+ * The native page server (plain TCP or TLS): one native thread serves every connection straight out of the
  * mmapped pages files. `catalog` gives, per image pid, its sorted runs as `[start, end, imageId, fileOffset]*`,
  * `images` the pages file of each imageId. Throws `ELISTEN` (naming address:port) when it cannot listen.
  * Keeps Node alive until {@link NativePageServer.close}.
@@ -583,5 +586,67 @@ export class NativePageServer {
   close(): void {
     const rest: NativePageServerEvent[] = this.raw.close();
     if (rest.length > 0) this.onEvents(rest);
+  }
+}
+
+/**
+ * CRIU's TLS files (`--tls-cacert`, `--tls-cacrl`, `--tls-cert`, `--tls-key`); an absent one is CRIU's
+ * default path (/etc/pki/CA/cacert.pem, /etc/pki/CA/cacrl.pem if it exists, /etc/pki/criu/cert.pem,
+ * /etc/pki/criu/private/key.pem). The native core reads and checks them: a bad one is an `EOPTION` error
+ * naming its option and file.
+ */
+export interface TlsFiles {
+  cacert?: string;
+  /** A CRL named here must exist; the default one is skipped when absent. */
+  cacrl?: string;
+  cert?: string;
+  key?: string;
+  /** Client only: do not check the server certificate's name against the address (`--tls-no-cn-verify`). */
+  noCnVerify?: boolean;
+}
+
+/** Pages to fetch: `pages` pages of image process `pid` from image address `vaddr`; `urgent`: as a fault's GET. */
+export interface PageAsk {
+  pid: number;
+  vaddr: bigint;
+  pages: number;
+  urgent?: boolean;
+}
+
+function outcome(o: Raw.RawClientOutcome): Buffer[] {
+  if (o.code !== undefined && o.code !== null) throw new NativeError(o.code, o.message ?? o.code);
+  return o.pages ?? [];
+}
+
+/**
+ * The native page-server client on its own (the event loop's client, without the loop): one connection,
+ * plain TCP or TLS, pipelined fetches that resolve with the page bytes, CLOSE. For tools and tests that
+ * check a page server; every call runs on a worker thread. Errors are `NativeError`s: `EPAGESERVER` naming
+ * the server and the reason (the client then stays failed), `EOPTION` for a bad TLS file.
+ */
+export class PageServerClient {
+  private constructor(private readonly raw: Raw.PageServerClient) {}
+
+  /** Connects within `timeoutMs` (default 10 s; also the TLS handshake's limit, and each reply's once due). */
+  static async connect(o: { address: string; port: number; timeoutMs?: number; tls?: TlsFiles }): Promise<PageServerClient> {
+    const raw = call(() => new binding.PageServerClient(o.address, o.port, o.timeoutMs ?? 10_000, o.tls));
+    outcome(await raw.connect());
+    return new PageServerClient(raw);
+  }
+
+  /** The bytes of every ask, in order, fetched over the one connection at once. */
+  async fetchAll(asks: PageAsk[]): Promise<Buffer[]> {
+    return outcome(await this.raw.fetch(asks));
+  }
+
+  /** `pages` pages of `pid` from `vaddr`. */
+  async fetch(pid: number, vaddr: bigint, pages: number, urgent = false): Promise<Buffer> {
+    const [b] = await this.fetchAll([{ pid, vaddr, pages, urgent }]);
+    return b!;
+  }
+
+  /** Sends CLOSE; a non-zero status from the server is an error. */
+  async close(): Promise<void> {
+    outcome(await this.raw.close());
   }
 }

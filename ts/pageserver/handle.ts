@@ -1,6 +1,6 @@
 /**
- * A running page server, whichever engine serves it. Apart from server.ts, which picks the engine,
- * so that an engine (native-engine.ts) can return one without importing the module that starts it.
+ * A running page server. Apart from server.ts, which starts it, so that the engine (native-engine.ts)
+ * can return one without importing the module that starts it.
  */
 export interface PageServer {
   address: string;

@@ -2,4 +2,4 @@
 export { startPageServer, type PageServer, type PageServerOptions } from './server.js';
 export type { PageServerEvent, PageServerEventHandler, RefusalReason, SessionEndReason } from './events.js';
 export { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_PEER } from './limits.js';
-export type { TlsFiles } from './tls.js';
+export type { TlsFiles } from '../native/index.js';

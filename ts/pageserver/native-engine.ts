@@ -1,10 +1,10 @@
 /**
- * The plain-TCP page server on the native engine (crates/uffd-native/src/pageserver): one native thread
- * serves every connection straight out of the mmapped pages files, so a fault's GET never waits for
- * Node's event loop. Same PageServer object and events as the TS engine (which stays for TLS).
+ * The page server on the native engine (crates/uffd-native/src/pageserver): one native thread serves
+ * every connection, plain TCP or TLS, straight out of the mmapped pages files, so a fault's GET never
+ * waits for Node's event loop.
  */
 import { Catalog } from './catalog.js';
-import { NativePageServer, type NativePageServerEvent } from '../native/index.js';
+import { NativePageServer, type NativePageServerEvent, type TlsFiles } from '../native/index.js';
 import type { PageServerEvent } from './events.js';
 import type { PageServer } from './handle.js';
 
@@ -18,8 +18,9 @@ export interface NativeEngineOptions {
   maxConnections: number;
   maxPerPeer: number;
   idleTimeoutMs: number;
-  /** Checked `ADDR/LEN` networks. */
+  /** `ADDR/LEN` networks (checked natively: a bad one is an `EOPTION` error naming it). */
   allow: string[];
+  tls?: TlsFiles;
   emit: (e: PageServerEvent) => void;
 }
 
@@ -78,6 +79,7 @@ export async function startNativeEngine(o: NativeEngineOptions): Promise<PageSer
     {
       address: o.host, port: o.port, stallTimeoutMs: o.stallTimeoutMs, maxReplyPages: o.maxReplyPages, sessions: o.sessions,
       maxConnections: o.maxConnections, maxPerPeer: o.maxPerPeer, idleTimeoutMs: o.idleTimeoutMs, allow: o.allow,
+      ...(o.tls && { tls: o.tls }),
     },
     pids,
     files,

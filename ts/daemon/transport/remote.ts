@@ -1,7 +1,6 @@
 /**
- * Where lazy pages come from when a page server has them: the native page-server client (plain
- * TCP, native-remote.ts) or the TypeScript one (TLS, ../ts-remote.ts). The pump and the event
- * dispatch know only this interface, so either client can be replaced or removed without them.
+ * Where lazy pages come from when a page server has them: the native page-server client (plain TCP
+ * or TLS, native-remote.ts). The pump and the event dispatch know only this interface.
  */
 import type { EventLoop } from '../../native/index.js';
 import type { BackgroundChunk, ProcessState } from '../process-state.js';

@@ -125,13 +125,13 @@ impl PageServerClient {
   }
 
   /// Connects (and shakes hands).
-  #[napi]
+  #[napi(ts_return_type = "Promise<RawClientOutcome>")]
   pub fn connect(&self) -> AsyncTask<ClientTask> {
     AsyncTask::new(ClientTask { slot: self.slot.clone(), job: Some(Job::Connect(self.dial.clone())) })
   }
 
   /// Fetches every ask over the one connection, pipelined; resolves with their pages in order.
-  #[napi]
+  #[napi(ts_return_type = "Promise<RawClientOutcome>")]
   pub fn fetch(&self, asks: Vec<RawAsk>) -> AsyncTask<ClientTask> {
     let asks = asks
       .iter()
@@ -147,7 +147,7 @@ impl PageServerClient {
   }
 
   /// Sends CLOSE and checks the status the server answers.
-  #[napi]
+  #[napi(ts_return_type = "Promise<RawClientOutcome>")]
   pub fn close(&self) -> AsyncTask<ClientTask> {
     AsyncTask::new(ClientTask { slot: self.slot.clone(), job: Some(Job::Close) })
   }
