@@ -4,7 +4,7 @@
  */
 import test from 'ava';
 import { startPageServer, type PageServerEvent } from '../ts/pageserver/index.js';
-import { RemotePageSource } from '../ts/pagesource/remote.js';
+import { PageServerClient, type PageAsk } from '../ts/native/index.js';
 import { expectedPages, startCliServer, synthCheckpoint } from './helpers/netns.js';
 
 test('small and big fetches return the pages file bytes; urgent and background mixed', async (t) => {
@@ -14,18 +14,19 @@ test('small and big fetches return the pages file bytes; urgent and background m
   t.teardown(() => srv.close());
   t.is(srv.address, '127.0.0.1', 'binds loopback unless told otherwise');
   t.true(srv.port > 0);
-  const src = await RemotePageSource.connect({ address: '127.0.0.1', port: srv.port });
+  const src = await PageServerClient.connect({ address: '127.0.0.1', port: srv.port });
   t.teardown(() => src.close().catch(() => undefined));
 
   for (const p of ck.processes) {
     for (const v of p.vmas) {
       const pages = Number((v.end - v.start) / 4096n);
-      const [whole, one, last, mid] = await Promise.all([
-        src.fetch(p.pid, v.start, pages, false),
-        src.fetch(p.pid, v.start, 1, true),
-        src.fetch(p.pid, v.end - 4096n, 1, true),
-        src.fetch(p.pid, v.start + 4096n * 7n, 300, false),
-      ]);
+      // Pipelined on the one connection: a big background fetch, two faults' pages, another fetch.
+      const [whole, one, last, mid] = (await src.fetchAll([
+        { pid: p.pid, vaddr: v.start, pages },
+        { pid: p.pid, vaddr: v.start, pages: 1, urgent: true },
+        { pid: p.pid, vaddr: v.end - 4096n, pages: 1, urgent: true },
+        { pid: p.pid, vaddr: v.start + 4096n * 7n, pages: 300 },
+      ])) as [Buffer, Buffer, Buffer, Buffer];
       t.is(whole.length, pages * 4096);
       t.true(whole.equals(expectedPages(p, v.start, pages)), `pid ${p.pid} VMA ${v.start.toString(16)}`);
       t.true(one.equals(expectedPages(p, v.start, 1)));
@@ -45,12 +46,12 @@ test('short replies: the client asks again for the rest, in order, with other re
   // Replies of at most 3 pages force follow-up GETs behind other pipelined requests.
   const srv = await startPageServer({ imagesDir: ck.dir, maxReplyPages: 3 });
   t.teardown(() => srv.close());
-  const src = await RemotePageSource.connect({ address: '127.0.0.1', port: srv.port });
+  const src = await PageServerClient.connect({ address: '127.0.0.1', port: srv.port });
   t.teardown(() => src.close().catch(() => undefined));
   const p = ck.processes[0]!;
   const base = p.vmas[0]!.start;
   const asks = [[0, 10], [20, 1], [30, 7], [100, 64], [5, 3], [200, 2]] as const;
-  const got = await Promise.all(asks.map(([at, n], i) => src.fetch(p.pid, base + BigInt(at) * 4096n, n, i % 2 === 1)));
+  const got = await src.fetchAll(asks.map(([at, n], i) => ({ pid: p.pid, vaddr: base + BigInt(at) * 4096n, pages: n, urgent: i % 2 === 1 && n === 1 })));
   for (const [i, [at, n]] of asks.entries()) t.true(got[i]!.equals(expectedPages(p, base + BigInt(at) * 4096n, n)), `ask ${at}+${n}`);
   await src.close();
 });
@@ -60,14 +61,17 @@ test('four clients at once, then many sessions in a row, on one server', async (
   const srv = await startPageServer({ imagesDir: ck.dir });
   t.teardown(() => srv.close());
   const one = async (k: number) => {
-    const src = await RemotePageSource.connect({ address: '127.0.0.1', port: srv.port });
+    const src = await PageServerClient.connect({ address: '127.0.0.1', port: srv.port });
     try {
       const p = ck.processes[k % 2]!;
       const v = p.vmas[k % p.vmas.length]!;
       const pages = Number((v.end - v.start) / 4096n);
-      const jobs = [];
-      for (let at = 0; at < pages; at += 37) jobs.push(src.fetch(p.pid, v.start + BigInt(at) * 4096n, Math.min(37, pages - at), at % 3 === 0));
-      const bufs = await Promise.all(jobs);
+      const jobs: PageAsk[] = [];
+      for (let at = 0; at < pages; at += 37) {
+        const n = Math.min(37, pages - at);
+        jobs.push({ pid: p.pid, vaddr: v.start + BigInt(at) * 4096n, pages: n, urgent: at % 3 === 0 && n === 1 });
+      }
+      const bufs = await src.fetchAll(jobs);
       t.true(Buffer.concat(bufs).equals(expectedPages(p, v.start, pages)), `client ${k}`);
     } finally {
       await src.close();
@@ -86,7 +90,7 @@ test('CLI: --port 0 prints the real port; --sessions N serves N sessions and exi
   const port = await cli.port;
   const p = ck.processes[0]!;
   for (let i = 0; i < 2; i++) {
-    const src = await RemotePageSource.connect({ address: '127.0.0.1', port });
+    const src = await PageServerClient.connect({ address: '127.0.0.1', port });
     const b = await src.fetch(p.pid, p.vmas[0]!.start, 16, false);
     t.true(b.equals(expectedPages(p, p.vmas[0]!.start, 16)));
     await src.close();

@@ -14,17 +14,17 @@ import { skipUnless } from './helpers/skip.js';
 function clientIn(t: import('ava').ExecutionContext, ns: string, o: { address: string; port: number; dir: string }): Promise<Record<string, unknown>> {
   const script = `
     import { Checkpoint } from ${JSON.stringify(join(repoRoot, 'ts/images/index.ts'))};
-    import { RemotePageSource } from ${JSON.stringify(join(repoRoot, 'ts/pagesource/remote.ts'))};
+    import { PageServerClient } from ${JSON.stringify(join(repoRoot, 'ts/native/index.ts'))};
     import { expectedPages } from ${JSON.stringify(join(repoRoot, '__test__/helpers/netns.ts'))};
     const [address, port, dir] = process.argv.slice(1);
     const out = { bytes: 0, mismatches: 0, urgent: 0 };
     try {
       const ck = await Checkpoint.open(dir);
-      const src = await RemotePageSource.connect({ address, port: Number(port), timeoutMs: 5000 });
+      const src = await PageServerClient.connect({ address, port: Number(port), timeoutMs: 5000 });
       for (const p of ck.processes) {
         for (const r of p.lazyRanges) {
           const pages = Number((r.end - r.start) / 4096n);
-          const [all, first] = await Promise.all([src.fetch(p.pid, r.start, pages, false), src.fetch(p.pid, r.start, 1, true)]);
+          const [all, first] = await src.fetchAll([{ pid: p.pid, vaddr: r.start, pages }, { pid: p.pid, vaddr: r.start, pages: 1, urgent: true }]);
           out.bytes += all.length;
           out.urgent += first.length;
           if (!all.equals(expectedPages(p, r.start, pages)) || !first.equals(all.subarray(0, 4096))) out.mismatches++;
@@ -76,7 +76,7 @@ netnsTest('by default the page server listens on 127.0.0.1 only: another namespa
   const r = await clientIn(t, net.ns2, { address: net.addr1, port, dir: ck.dir });
   t.false(r.ok);
   t.is(r.code, 'EPAGESERVER');
-  t.regex(String(r.error), new RegExp(`^page server ${net.addr1.replace(/\./g, '\\.')}:${port}: cannot connect: .*ECONNREFUSED`));
+  t.regex(String(r.error), new RegExp(`^page server ${net.addr1.replace(/\./g, '\\.')}:${port}: cannot connect: .*(refused|ECONNREFUSED)`));
   // SIGTERM ends the server cleanly.
   srv.child.kill('SIGTERM');
   const end = await srv.exit;

@@ -75,10 +75,12 @@ impl Task for ClientTask {
       Some(Job::Fetch(Err(e))) => Err(e),
       Some(Job::Fetch(Ok(asks))) => match slot.as_mut() {
         Some(f) => f.fetch(&asks).map_err(coded),
-        None => Err(coded(ArgError::Invalid("fetch: not connected (call connect first)".into()))),
+        None => Err(coded(ArgError::Invalid("fetch: not connected (connect first; a closed client stays closed)".into()))),
       },
-      Some(Job::Close) => match slot.as_mut() {
-        Some(f) => f.close(Duration::from_secs(2)).map(|_| Vec::new()).map_err(coded),
+      // The connection is dropped here, not when JS collects the object: a page server counts it
+      // against its caps until it closes.
+      Some(Job::Close) => match slot.take() {
+        Some(mut f) => f.close(Duration::from_secs(2)).map(|_| Vec::new()).map_err(coded),
         None => Ok(Vec::new()),
       },
       None => Ok(Vec::new()),
