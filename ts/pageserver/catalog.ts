@@ -1,9 +1,9 @@
 /**
  * What a page server can serve: per pid, the lazy pages whose data is in this images dir (or a
- * parent dir), merged into maximal runs that are contiguous both in memory and in one pages file,
- * with an O(log n) lookup. Lazy pages with no data here (`remote`) are not served.
+ * parent dir), merged into maximal runs that are contiguous both in memory and in one pages file.
+ * Lazy pages with no data here (`remote`) are not served. The native server looks runs up (catalog.rs).
  */
-import { Checkpoint, PageIndex, type PageRange } from '../images/index.js';
+import { Checkpoint, type PageRange } from '../images/index.js';
 
 export interface ServableRun {
   start: bigint;
@@ -14,25 +14,21 @@ export interface ServableRun {
 }
 
 export class Catalog {
-  private constructor(private readonly byPid: Map<number, { index: PageIndex; runs: ServableRun[] }>, readonly pages: bigint) {}
+  private constructor(private readonly byPid: Map<number, { runs: ServableRun[] }>, readonly pages: bigint) {}
 
   static async open(imagesDir: string): Promise<Catalog> {
     // No bound on a process's memory by this machine's RAM + swap (Checkpoint.open's default): a page
     // server only reads pages from files to the network, never backs a process's memory, and a storage
     // host may well serve the checkpoint of a process bigger than itself. 2^64 is the whole address space.
     const ck = await Checkpoint.open(imagesDir, { maxProcessMemory: 1n << 64n });
-    const byPid = new Map<number, { index: PageIndex; runs: ServableRun[] }>();
+    const byPid = new Map<number, { runs: ServableRun[] }>();
     let pages = 0n;
     for (const p of ck.processes) {
       const runs = mergeRuns(p.lazyRanges);
       for (const r of runs) pages += (r.end - r.start) / 4096n;
-      byPid.set(p.pid, { runs, index: new PageIndex(runs.map((r) => ({ start: r.start, end: r.end, location: { kind: 'zero' } }))) });
+      byPid.set(p.pid, { runs });
     }
     return new Catalog(byPid, pages);
-  }
-
-  hasPid(pid: number): boolean {
-    return this.byPid.has(pid);
   }
 
   get pids(): number[] {
@@ -42,14 +38,6 @@ export class Catalog {
   /** Every servable run of `pid`, sorted by image address. */
   runs(pid: number): readonly ServableRun[] {
     return this.byPid.get(pid)?.runs ?? [];
-  }
-
-  /** The run of `pid` holding image address `vaddr`, or undefined. */
-  find(pid: number, vaddr: bigint): ServableRun | undefined {
-    const p = this.byPid.get(pid);
-    if (!p) return undefined;
-    const i = p.index.find(vaddr);
-    return i < 0 ? undefined : p.runs[i];
   }
 }
 

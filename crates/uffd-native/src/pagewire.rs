@@ -1,4 +1,4 @@
-//! CRIU's page-server wire format (spec §7), the native twin of ts/pagesource/protocol.ts: a 32-byte
+//! CRIU's page-server wire format (spec §7), for our client and our server alike: a 32-byte
 //! little-endian header `{u32 cmd; 4 pad; u64 nr_pages; u64 vaddr; u64 dst_id}`, followed by nr_pages×4096
 //! bytes in a GET reply, or by an i32 status in a CLOSE reply.
 
@@ -10,7 +10,7 @@ pub const GET: u32 = 7;
 pub const CLOSE: u32 = 0x1023;
 /// `cmd` of every GET reply: (PE_PRESENT << 16) | ADD_F.
 pub const REPLY_CMD: u32 = 0x0004_0006;
-/// Largest nr_pages in one GET (the TS server refuses more).
+/// Largest nr_pages in one GET (our server refuses more: a garbage header is no giant transfer).
 pub const MAX_NR_PAGES: u64 = 1 << 20;
 
 /// A decoded header.

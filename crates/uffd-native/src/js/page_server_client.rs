@@ -75,7 +75,9 @@ impl Task for ClientTask {
       Some(Job::Fetch(Err(e))) => Err(e),
       Some(Job::Fetch(Ok(asks))) => match slot.as_mut() {
         Some(f) => f.fetch(&asks).map_err(coded),
-        None => Err(coded(ArgError::Invalid("fetch: not connected (connect first; a closed client stays closed)".into()))),
+        None => {
+          Err(coded(ArgError::Invalid("fetch: not connected (connect first; a closed client stays closed)".into())))
+        }
       },
       // The connection is dropped here, not when JS collects the object: a page server counts it
       // against its caps until it closes.

@@ -1,5 +1,5 @@
 //! What the native page server can serve: per image pid, sorted runs of lazy pages whose data is in a pages
-//! file, with an O(log n) lookup. Built from the TS catalog (ts/pageserver/catalog.ts), which owns the
+//! file, with an O(log n) lookup. Built from the TS catalog (ts/pageserver/catalog.ts: the runs), which owns the
 //! knowledge of the image format; this side only checks the runs are usable.
 
 use std::collections::HashMap;

@@ -1,6 +1,6 @@
 //! Who may connect to the native page server and how many at once: `--allow` CIDRs (IPv4 and IPv6), the
-//! total and per-peer (per source IP) connection caps, and what an accept() failure means. The TS engine
-//! (ts/pageserver/limits.ts) applies the same rules with the same words.
+//! total and per-peer (per source IP) connection caps, and what an accept() failure means. A bad `--allow` is refused here, before anything
+//! listens, with the words the CLI prints.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
