@@ -68,7 +68,8 @@ export class NativeEvents {
           break;
         }
         case 'pagefault':
-          // Only faults in remote ranges are forwarded: fetch the page urgently.
+          // Only faults in remote ranges with no page-server client in the loop are forwarded (the
+          // native client serves them, TLS included): the transport decides.
           this.remote?.fault(st, ev.address);
           break;
         case 'fork': {

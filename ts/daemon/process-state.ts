@@ -67,8 +67,6 @@ export class ProcessState {
   inflightRequests = 0;
   /** Of those, the working set's. */
   inflightPriority = 0;
-  /** Dense pages whose fault is being fetched from a page server (a second fault on one is ignored). */
-  readonly faulting = new Set<number>();
 
   private constructor(pid: number, procId: number, image: ProcessImage, index: ImageIndex, pages: PageSet, live: LiveMap, parent?: number) {
     this.pid = pid;

@@ -15,8 +15,6 @@ export interface Request {
   st: ProcessState;
   firstPage: number;
   pages: number;
-  /** A fault's page: on a retryable failure the faulting thread is woken to fault again. */
-  urgent?: { live: bigint };
   /** One of the working set's requests (counted apart: see BackgroundPump.queue). */
   priority?: boolean;
 }
@@ -51,12 +49,8 @@ export class Requests {
     // `bytes` counts only pages this request placed: pages found present (a fault beat us to them)
     // are skipped by the native core and are settled all the same.
     const got = Math.min(req.pages, Math.floor(Number(ev.bytes) / PAGE_SIZE));
-    const workingSets = this.ctx.workingSets;
-    if (req.urgent) {
-      st.counters.onDemandPages += got;
-      if (workingSets.recording) workingSets.served(st.pid, Number(st.index.addrOfPage(req.firstPage)), req.pages * PAGE_SIZE);
-    }
-    else st.counters.backgroundPages += got;
+    // (Faults are served natively and reported as `served`: every request here is background.)
+    st.counters.backgroundPages += got;
     st.counters.bytes += got * PAGE_SIZE;
     switch (ev.status) {
       case 'ok':
@@ -83,8 +77,6 @@ export class Requests {
             'ENOENT again and again (is the range registered with the userfaultfd?)');
           return;
         }
-        // The layout changed under a fault's copy: wake the thread, it faults again where the page is now.
-        if (req.urgent) this.ctx.loop.wake(st.procId, req.urgent.live, PAGE);
         break;
       case 'gone':
         this.outcomes.exited(st);
