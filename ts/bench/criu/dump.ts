@@ -39,18 +39,18 @@ async function freePort(): Promise<number> {
 }
 
 /**
- * `criu dump -t PID -D dir --lazy-pages --address 127.0.0.1 --port P`: resolves once CRIU has
+ * `criu dump -t PID -D dir --lazy-pages --address 127.0.0.1 --port P [extra…]` (`--tls …`): resolves once CRIU has
  * written the images and listens (its --status-fd byte). The program stays frozen until the
  * pages are all served; then CRIU kills it and exits.
  */
-export async function lazyDump(procs: Procs, criu: string, prog: Started, imagesDir: string): Promise<LazyDump> {
+export async function lazyDump(procs: Procs, criu: string, prog: Started, imagesDir: string, extra: string[] = []): Promise<LazyDump> {
   let lastErr = '';
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();
     const dump = procs.spawn(
       'criu dump --lazy-pages',
       criu,
-      ['dump', '-t', String(prog.pids[0]), '-D', imagesDir, '--lazy-pages', '--address', '127.0.0.1', '--port', String(port), '--status-fd', '3', '-o', 'dump.log', '-v2'],
+      ['dump', '-t', String(prog.pids[0]), '-D', imagesDir, '--lazy-pages', '--address', '127.0.0.1', '--port', String(port), '--status-fd', '3', '-o', 'dump.log', '-v2', ...extra],
       { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] },
     );
     const ready = await statusByte(dump, 300_000);

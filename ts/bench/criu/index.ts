@@ -24,6 +24,7 @@ import { lazyDump, plainDump, waitGone } from './dump.js';
 import { locateCriu, type CriuBinary } from './locate-criu.js';
 import { BenchFailure, startProgram, type ProgramSpec } from './program.js';
 import { raisePipeMaxSize, withProcs, type Procs, type Tracked } from './procs.js';
+import { throwawayTlsArgs } from './pki.js';
 import { formatTable, machine, mediansOf, ratios, remoteFault, writeJson, type ReportContext } from './report.js';
 import { restoreRun, type DaemonKind, type Measured, type RunResult, type RunSetup } from './restore-run.js';
 
@@ -35,6 +36,8 @@ export interface CriuBenchOptions {
   runs: number;
   tree: boolean;
   remote: boolean;
+  /** Remote only: the page-server link over TLS (a throw-away CA). */
+  tls?: boolean;
   criuV4: boolean;
   /** Local only: record a working set on a first restore, then also restore with it. */
   workingSet: boolean;
@@ -77,7 +80,7 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
   const sizeMiB = o.size / (1 << 20);
   const ctx: ReportContext = {
     title:
-      `CRIU ${criu.version} vs lazy-pages, ${o.remote ? 'remote: `criu dump --lazy-pages` as the page server over loopback' : 'local: pages from pages-*.img'}, ` +
+      `CRIU ${criu.version} vs lazy-pages, ${o.remote ? `remote: \`criu dump --lazy-pages\` as the page server over loopback${o.tls ? ', over TLS' : ''}` : 'local: pages from pages-*.img'}, ` +
       `${o.tree ? 'a 3-process tree' : 'one process'}, ${sizeMiB} MiB, ${o.touches} touches`,
     sizeMiB,
     touches: o.touches,
@@ -89,6 +92,7 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
   say(`${ctx.title}, ${o.runs} run${o.runs === 1 ? '' : 's'} of each daemon, interleaved${o.criuV4 ? '; criu lazy-pages runs at -v4 to count its pages' : ''}`);
 
   if (o.workingSet && o.remote) throw new UserError('EOPTION', 'bench --criu --working-set: only the local variant (not with --remote)');
+  if (o.tls && !o.remote) throw new UserError('EOPTION', 'bench --criu --tls: only with --remote (TLS is the page-server link)');
   const plans: Plan[] = [
     { daemon: 'criu', background: true },
     { daemon: 'ours', background: true },
@@ -191,10 +195,11 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
       }
     } else {
       raisePipeMaxSize(procs);
+      const tlsArgs = o.tls ? throwawayTlsArgs(work) : [];
       for (let i = 0; i < o.runs; i++) {
         for (const p of plans) {
           const dir = join(work, `run-${i}-${label(p).replace(/\W+/g, '-')}`);
-          await attempt(i, p, () => remoteRun(procs, criu, spec, dir, base, p, i + 1, (b) => (lazyBytes = b)));
+          await attempt(i, p, () => remoteRun(procs, criu, spec, dir, base, p, i + 1, (b) => (lazyBytes = b), tlsArgs));
         }
       }
     }
@@ -298,6 +303,7 @@ async function remoteRun(
   p: Plan,
   touchSeed: number,
   gotLazyBytes: (b: number) => void,
+  tlsArgs: string[],
 ): Promise<Measured> {
   const programDir = join(dir, 'program');
   const imagesDir = join(dir, 'images');
@@ -306,11 +312,11 @@ async function remoteRun(
   const prog = await startProgram(procs, spec, programDir);
   let dump: Tracked | undefined;
   try {
-    const lazy = await lazyDump(procs, criu.path, prog, imagesDir);
+    const lazy = await lazyDump(procs, criu.path, prog, imagesDir, tlsArgs);
     dump = lazy.dump;
     const lazyBytes = await lazyBytesOf(imagesDir);
     gotLazyBytes(lazyBytes);
-    const r = await restoreRun(procs, { ...setup(imagesDir, programDir), lazyBytes }, { ...p, touchSeed, workDir: join(dir, 'work'), pageServer: { address: '127.0.0.1', port: lazy.port } });
+    const r = await restoreRun(procs, { ...setup(imagesDir, programDir), lazyBytes }, { ...p, touchSeed, workDir: join(dir, 'work'), pageServer: { address: '127.0.0.1', port: lazy.port, args: tlsArgs } });
     await waitGone(dump, 30_000, 'criu dump --lazy-pages did not exit after the restore had every page');
     rmSync(dir, { recursive: true, force: true }); // a failed run's logs stay
     return r;

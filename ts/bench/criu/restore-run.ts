@@ -34,7 +34,8 @@ export interface RunSpec {
   daemon: DaemonKind;
   /** Ours with --no-background (the remote "fault alone" case). */
   background: boolean;
-  pageServer?: { address: string; port: number };
+  /** `args`: more page-server options for both daemons (`--tls …`). */
+  pageServer?: { address: string; port: number; args?: string[] };
   touchSeed: number;
   /** A fresh directory for the sockets and logs of this run. */
   workDir: string;
@@ -112,7 +113,7 @@ export async function restoreRun(procs: Procs, s: RunSetup, r: RunSpec): Promise
   writeGo(s.programDir, r.touchSeed);
   const usageFile = join(r.workDir, 'daemon.rusage');
   const log = join(r.workDir, 'lazy-pages.log');
-  const ps = r.pageServer ? ['--page-server', '--address', r.pageServer.address, '--port', String(r.pageServer.port)] : [];
+  const ps = r.pageServer ? ['--page-server', '--address', r.pageServer.address, '--port', String(r.pageServer.port), ...(r.pageServer.args ?? [])] : [];
   const daemonArgv =
     r.daemon === 'criu'
       ? [s.criu, 'lazy-pages', '-D', s.imagesDir, '-W', r.workDir, '--status-fd', '3', '-o', 'lazy-pages.log', s.criuV4 ? '-v4' : '-v2', ...ps]

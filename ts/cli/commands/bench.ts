@@ -46,6 +46,7 @@ const criuSchema = z.object({
   runs: z.number({ error: 'must be a number' }).int().min(1, 'must be at least 1').max(50, 'must be at most 50'),
   tree: z.boolean(),
   remote: z.boolean(),
+  tls: z.boolean(),
   criuV4: z.boolean(),
   workingSet: z.boolean(),
   json: z.string().min(1).optional(),
@@ -82,6 +83,7 @@ export const benchCommand: CommandModule<object, Record<string, unknown>> = {
           'with --criu (local): record a working set on one restore first, then restore with it too, side by side with CRIU ' +
           'and ours without it (every run then touches the same pages, as repeated restores of one checkpoint do)',
       })
+      .option('tls', { type: 'boolean', default: false, describe: 'with --criu --remote: the page-server link over TLS on both ends (a throw-away CA made with openssl)' })
       .option('criu-v4', { type: 'boolean', default: false, describe: "with --criu: run criu lazy-pages at -v4 to count its pages on demand (slows CRIU's faults)" }),
   handler: async (argv) => {
     if (argv.criu !== undefined) {
@@ -92,6 +94,7 @@ export const benchCommand: CommandModule<object, Record<string, unknown>> = {
         runs: argv.runs,
         tree: argv.tree,
         remote: argv.remote ?? false,
+        tls: argv.tls,
         criuV4: argv['criu-v4'],
         workingSet: argv['working-set'],
         json: argv.json,

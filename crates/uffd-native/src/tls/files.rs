@@ -71,20 +71,23 @@ impl Coded for TlsFileError {
   }
 }
 
+/// The errno names a file option's error shows (they are not error codes of ours).
+const ERRNO_NAMES: [(i32, &str); 6] = [
+  (libc::ENOENT, "ENOENT"),
+  (libc::EACCES, "EACCES"),
+  (libc::EISDIR, "EISDIR"),
+  (libc::ENOTDIR, "ENOTDIR"),
+  (libc::ELOOP, "ELOOP"),
+  (libc::EPERM, "EPERM"),
+];
+
 /// `ENOENT (No such file or directory)`: the errno name first, as the TypeScript CLI always printed it.
 fn errno_text(e: &std::io::Error) -> String {
-  let name = match e.raw_os_error() {
-    Some(libc::ENOENT) => "ENOENT",
-    Some(libc::EACCES) => "EACCES",
-    Some(libc::EISDIR) => "EISDIR",
-    Some(libc::ENOTDIR) => "ENOTDIR",
-    Some(libc::ELOOP) => "ELOOP",
-    Some(libc::EPERM) => "EPERM",
-    _ => return e.to_string(),
-  };
   let text = e.to_string();
-  let text = text.split(" (os error").next().unwrap_or(&text);
-  format!("{name} ({text})")
+  match ERRNO_NAMES.iter().find(|(n, _)| e.raw_os_error() == Some(*n)) {
+    Some((_, name)) => format!("{name} ({})", text.split(" (os error").next().unwrap_or(&text)),
+    None => text,
+  }
 }
 
 fn read(option: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
