@@ -9,7 +9,6 @@ import type { DaemonContext } from './context.js';
 import type { Outcomes } from './outcomes.js';
 import type { ProcessState } from './process-state.js';
 
-const PAGE = BigInt(PAGE_SIZE);
 
 export interface Request {
   st: ProcessState;
