@@ -5,8 +5,21 @@ import {
 } from './constants.js';
 import { ImageError, hex } from './errors.js';
 
-/** A VMA of the checkpoint: the fields of its mm-<pid>.img entry we use, and whether it is lazy. */
-export type Vma = Pick<VmaEntry, 'start' | 'end' | 'pgoff' | 'shmid' | 'prot' | 'flags' | 'status' | 'madv'> & { lazy: boolean };
+/**
+ * A VMA of the checkpoint: the fields of its mm-<pid>.img entry we use (written out rather than
+ * picked from the generated VmaEntry, which is not part of the documented API), and whether it is lazy.
+ */
+export interface Vma {
+  start: bigint;
+  end: bigint;
+  pgoff: bigint;
+  shmid: bigint;
+  prot: number;
+  flags: number;
+  status: number;
+  madv: bigint;
+  lazy: boolean;
+}
 
 /**
  * CRIU restores only private anonymous memory lazily: file pages come from the file, shared
