@@ -100,6 +100,21 @@ tlsTest('a certificate named by its subject CN only is accepted for that address
   });
 });
 
+tlsTest('regression: a CN equal to the address does not name the server when a subjectAltName names another host (as GnuTLS)', async (t) => {
+  const pki = makePki(tempDir(t, 'ps-pki-'));
+  const ck = await synthCheckpoint(t, { size: 1 << 20, vmas: 1 });
+  const srv = await startPageServer({ imagesDir: ck.dir, tls: { cacert: pki.ca, ...pki.cnButSanElsewhere } });
+  t.teardown(() => srv.close());
+  await t.throwsAsync(PageServerClient.connect({ address: '127.0.0.1', port: srv.port, tls: { cacert: pki.ca, ...pki.client } }), {
+    instanceOf: UserError, message: /TLS handshake failed: the peer's certificate was refused: its name does not match/,
+  });
+  // --tls-no-cn-verify still takes it (the CA signed it).
+  const src = await PageServerClient.connect({ address: '127.0.0.1', port: srv.port, tls: { cacert: pki.ca, ...pki.client, noCnVerify: true } });
+  const p = ck.processes[0]!;
+  t.true((await src.fetch(p.pid, p.vmas[0]!.start, 1, true)).equals(expectedPages(p, p.vmas[0]!.start, 1)));
+  await src.close();
+});
+
 tlsTest('a server whose certificate another CA signed is refused by the client', async (t) => {
   const pki = makePki(tempDir(t, 'ps-pki-'));
   const ck = await synthCheckpoint(t, { size: 1 << 20, vmas: 1 });

@@ -13,6 +13,8 @@ export interface Pki {
   server: { cert: string; key: string };
   wrongName: { cert: string; key: string };
   cnOnly: { cert: string; key: string };
+  /** CN 127.0.0.1, but a subjectAltName naming another host: GnuTLS ignores such a CN. */
+  cnButSanElsewhere: { cert: string; key: string };
   client: { cert: string; key: string };
   otherCaClient: { cert: string; key: string };
 }
@@ -35,6 +37,7 @@ export function makePki(dir: string): Pki {
     server: leaf('server', '127.0.0.1', 'ca', 'IP:127.0.0.1'),
     wrongName: leaf('wrong', 'wrong.example', 'ca', 'DNS:wrong.example'),
     cnOnly: leaf('cn-only', '127.0.0.1', 'ca'),
+    cnButSanElsewhere: leaf('cn-san-elsewhere', '127.0.0.1', 'ca', 'DNS:elsewhere.example'),
     client: leaf('client', 'lazy-pages-client', 'ca'),
     otherCaClient: leaf('intruder', 'intruder', 'other-ca'),
   };

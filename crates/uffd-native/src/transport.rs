@@ -84,16 +84,11 @@ impl Transport {
   /// Drives a handshake as far as the socket allows: Ok(true) once it is complete and flushed. Errors name
   /// the reason (a refused certificate, an alert from the peer, the peer hanging up).
   pub fn handshake(&mut self, fd: RawFd) -> io::Result<bool> {
-    let Transport::Tls(c) = self else { return Ok(true) };
     loop {
-      while c.wants_write() {
-        match c.write_tls(&mut Fd(fd)) {
-          Ok(_) => {}
-          Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-          Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-          Err(e) => return Err(e),
-        }
+      if !self.flush(fd)? {
+        return Ok(false);
       }
+      let Transport::Tls(c) = self else { return Ok(true) };
       if !c.is_handshaking() {
         return Ok(true);
       }

@@ -19,3 +19,15 @@ pub(super) fn page_multiple(v: u64, what: &'static str) -> Result<u64> {
   }
   Ok(v)
 }
+
+/// A page server's port (1-65535) and a positive timeout in ms, as both native clients take them.
+pub(super) fn server_port_and_timeout(port: u32, timeout_ms: u32) -> Result<(u16, u32)> {
+  let port = u16::try_from(port)
+    .ok()
+    .filter(|p| *p > 0)
+    .ok_or_else(|| to_napi(ArgError::Invalid(format!("port: expected 1-65535, got {port}"))))?;
+  if timeout_ms == 0 {
+    return Err(to_napi(ArgError::Invalid("timeoutMs: must be positive".into())));
+  }
+  Ok((port, timeout_ms))
+}

@@ -344,13 +344,7 @@ impl EventLoop {
     tls: Option<RawTlsFiles>,
   ) -> Result<()> {
     self.live()?;
-    let port = u16::try_from(port)
-      .ok()
-      .filter(|p| *p > 0)
-      .ok_or_else(|| to_napi(ArgError::Invalid(format!("port: expected 1-65535, got {port}"))))?;
-    if timeout_ms == 0 {
-      return Err(to_napi(ArgError::Invalid("timeoutMs: must be positive".into())));
-    }
+    let (port, timeout_ms) = super::args::server_port_and_timeout(port, timeout_ms)?;
     let s = &self.handle.shared.source;
     if s.connected.load(Ordering::Relaxed) {
       return Err(to_napi(ArgError::Invalid("connectPageServer: a page server is already connected".into())));

@@ -113,13 +113,7 @@ impl PageServerClient {
   /// `timeoutMs` bounds the connect, the TLS handshake, and each reply.
   #[napi(constructor)]
   pub fn new(address: String, port: u32, timeout_ms: u32, tls: Option<RawTlsFiles>) -> Result<PageServerClient> {
-    let port = u16::try_from(port)
-      .ok()
-      .filter(|p| *p > 0)
-      .ok_or_else(|| to_napi(ArgError::Invalid(format!("port: expected 1-65535, got {port}"))))?;
-    if timeout_ms == 0 {
-      return Err(to_napi(ArgError::Invalid("timeoutMs: must be positive".into())));
-    }
+    let (port, timeout_ms) = super::args::server_port_and_timeout(port, timeout_ms)?;
     let tls = match tls {
       Some(t) => Some(crate::tls::client_config(&t.into()).map_err(to_napi)?),
       None => None,

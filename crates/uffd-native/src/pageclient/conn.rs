@@ -55,6 +55,19 @@ fn wait(fd: RawFd, out: bool, deadline: Instant) -> bool {
   n > 0 || (n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted)
 }
 
+/// The name the server certificate is checked against: the address dialled, as an IP address (IPv6
+/// brackets and zone dropped) or a host name. An address that is neither (it still resolved) becomes
+/// a name in the reserved `.invalid` domain, which no CA certifies: it passes only with the name check
+/// off (`--tls-no-cn-verify`), never because some certificate happens to name a stand-in.
+fn server_name(address: &str) -> Result<ServerName<'static>, rustls::pki_types::InvalidDnsNameError> {
+  let bare = address.trim_start_matches('[').trim_end_matches(']');
+  let bare = bare.split('%').next().unwrap_or(bare);
+  if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+    return Ok(ServerName::IpAddress(ip.into()));
+  }
+  ServerName::try_from(address.to_owned()).or_else(|_| ServerName::try_from("address-is-not-a-name.invalid".to_owned()))
+}
+
 impl Conn {
   /// Connects (blocking, at most `timeout` for the TCP connect and as long again for the TLS handshake),
   /// so a refused, unreachable or unauthenticated server is an error of the connect call itself.
@@ -69,10 +82,7 @@ impl Conn {
     let transport = match tls {
       None => Transport::Plain,
       Some(cfg) => {
-        // An address that is no valid name can only be used without the name check.
-        let sni = ServerName::try_from(address.to_owned())
-          .or_else(|_| ServerName::try_from("page-server".to_owned()))
-          .map_err(|e| ConnectError::Tls(name.into(), e.to_string()))?;
+        let sni = server_name(address).map_err(|e| ConnectError::Tls(name.into(), e.to_string()))?;
         let c = rustls::ClientConnection::new(cfg, sni).map_err(|e| ConnectError::Tls(name.into(), e.to_string()))?;
         Transport::tls(c)
       }
@@ -233,5 +243,27 @@ impl Conn {
       return Err(format!("the server answered CLOSE with status {}", i32::from_le_bytes(st)));
     }
     Ok(())
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn the_server_name_is_the_address_dialled_or_a_name_no_ca_certifies() {
+    let ip = |s: &str| match server_name(s).unwrap() {
+      ServerName::IpAddress(a) => Some(std::net::IpAddr::from(a)),
+      _ => None,
+    };
+    assert_eq!(ip("10.0.0.1"), Some("10.0.0.1".parse().unwrap()));
+    assert_eq!(ip("[fe80::1%eth0]"), Some("fe80::1".parse().unwrap()));
+    assert_eq!(ip("::1"), Some("::1".parse().unwrap()));
+    let dns = |s: &str| match server_name(s).unwrap() {
+      ServerName::DnsName(d) => d.as_ref().to_owned(),
+      _ => String::new(),
+    };
+    assert_eq!(dns("page-server.example"), "page-server.example");
+    assert_eq!(dns("not a name!"), "address-is-not-a-name.invalid");
   }
 }

@@ -478,13 +478,18 @@ mod tests {
     (pages, done)
   }
 
-  #[test]
-  fn one_connection_carries_faults_and_pieces_in_order() {
+  /// A client connected to a loopback listener: the listener, the client, the server's end, stats.
+  fn connected(timeout: Duration) -> (TcpListener, PageClient, std::net::TcpStream, SourceStats) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let stats = SourceStats::default();
-    let mut c = PageClient::connect("127.0.0.1", port, Duration::from_secs(2), None).unwrap();
-    let (mut s, _) = l.accept().unwrap();
+    let c = PageClient::connect("127.0.0.1", port, timeout, None).unwrap();
+    let (s, _) = l.accept().unwrap();
+    (l, c, s, SourceStats::default())
+  }
+
+  #[test]
+  fn one_connection_carries_faults_and_pieces_in_order() {
+    let (l, mut c, mut s, stats) = connected(Duration::from_secs(2));
     // A second connection would be the bug CRIU's one-connection servers refuse.
     l.set_nonblocking(true).unwrap();
     c.enqueue(Fetch::new(1, 1, 0, 9, 0x10000, 40, 0x90000), &stats).unwrap();
@@ -518,11 +523,7 @@ mod tests {
 
   #[test]
   fn a_trickling_server_misses_the_deadline() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let stats = SourceStats::default();
-    let mut c = PageClient::connect("127.0.0.1", port, Duration::from_millis(200), None).unwrap();
-    let (mut s, _) = l.accept().unwrap();
+    let (_l, mut c, mut s, stats) = connected(Duration::from_millis(200));
     c.request_page(UrgentReq { proc_id: 1, gen: 0, live: 0x5000, image: 0x5000, pid: 9 }, &stats).unwrap();
     let r = reply(9, 0x5000, 1, 7);
     let t0 = Instant::now();

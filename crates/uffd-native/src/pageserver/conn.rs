@@ -94,6 +94,8 @@ pub struct Conn {
   pub linger_until: Option<Instant>,
   /// Detail of the CLOSE being answered.
   close_detail: Option<String>,
+  /// TLS: the next piece of data, read from the pages file (see `write_tls`).
+  scratch: Vec<u8>,
 }
 
 impl Conn {
@@ -121,6 +123,7 @@ impl Conn {
       interest: 0,
       linger_until: None,
       close_detail: None,
+      scratch: Vec::new(),
     }
   }
 
@@ -261,6 +264,12 @@ impl Conn {
     loop {
       if self.reply.is_none() {
         match self.queue.pop_front() {
+          // TLS: the last records may still wait for the socket (rustls took them, the socket only part):
+          // that is a blocked writer, subject to the stall timeout, not an idle connection.
+          None if self.transport.pending_out() => {
+            self.blocked = true;
+            return Turn::Blocked;
+          }
           None => return Turn::Idle,
           Some(Item::End(e)) => return Turn::Ended(e),
           Some(Item::Req(h)) => {
@@ -377,10 +386,12 @@ impl Conn {
       head.len() as u64
     } else if let Some((img, off)) = &r.data {
       let n = (r.len - r.sent).min(limit).min(TLS_PIECE);
-      let p = img.ptr_at(off + r.sent, n).map_err(|e| WriteErr::Image(e.to_string()))?;
-      // SAFETY: a bounds-checked range of a read-only mapping kept alive by the reply's `PageImage`.
-      let data = unsafe { std::slice::from_raw_parts(p, n as usize) };
-      self.transport.write(fd, data).map_err(|_| WriteErr::Gone)?;
+      // Read, not sliced out of the mapping: rustls reads its input in user space, where a pages file
+      // truncated or failing under us would be SIGBUS for the whole daemon (the plain path's sendmsg
+      // gets EFAULT instead, an error of this session). TLS copies the data once more anyway.
+      self.scratch.resize(n as usize, 0);
+      img.read_at(off + r.sent, &mut self.scratch).map_err(|e| WriteErr::Image(e.to_string()))?;
+      self.transport.write(fd, &self.scratch).map_err(|_| WriteErr::Gone)?;
       r.sent += n;
       n
     } else {

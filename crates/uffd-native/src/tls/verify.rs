@@ -1,7 +1,8 @@
 //! How our client judges the page server's certificate, as CRIU (GnuTLS) does: signed by the CA (and not
 //! revoked), then named for the address dialled. webpki matches the name against the subjectAltName
 //! only; GnuTLS also takes a subject CN equal to the address (many CRIU setups have certificates made
-//! with `-subj /CN=10.0.0.1` and no SAN), so a name mismatch falls back to the CN here.
+//! with `-subj /CN=10.0.0.1` and no SAN), so a name mismatch falls back to the CN here, on GnuTLS's terms:
+//! only for a certificate whose subjectAltName names no host and with exactly one CN (see subject.rs).
 
 use std::sync::Arc;
 
