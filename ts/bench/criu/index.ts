@@ -180,7 +180,7 @@ export async function runCriuBench(o: CriuBenchOptions, say: (s: string) => void
         if (floor) {
           const f = floor.sample(process.execPath, oursBin);
           floorSamples.push(f);
-          say(`run ${i + 1}/${o.runs} ${'floor'.padEnd(22)} fault p50 ${f.faultP50Us.toFixed(1)} µs, p99 ${f.faultP99Us.toFixed(1)} µs; copy of ${sizeMiB} MiB ${f.copyS.toFixed(3)} s, CPU ${f.copyCpuS.toFixed(3)} s; node start CPU ${f.nodeStartCpuS.toFixed(3)} s`);
+          say(`run ${i + 1}/${o.runs} ${'floor'.padEnd(22)} fault p50 ${f.faultP50Us.toFixed(1)} µs, p99 ${f.faultP99Us.toFixed(1)} µs; copy of ${sizeMiB} MiB ${f.copyS.toFixed(3)} s; node start CPU ${f.nodeStartCpuS.toFixed(3)} s`);
         }
         for (const p of plans) {
           await attempt(i, p, () =>
