@@ -85,8 +85,10 @@ impl Transport {
   /// the reason (a refused certificate, an alert from the peer, the peer hanging up).
   pub fn handshake(&mut self, fd: RawFd) -> io::Result<bool> {
     loop {
-      if !self.flush(fd)? {
-        return Ok(false);
+      match self.flush(fd) {
+        Ok(true) => {}
+        Ok(false) => return Ok(false),
+        Err(e) => return Err(self.peer_alert(fd).unwrap_or(e)),
       }
       let Transport::Tls(c) = self else { return Ok(true) };
       if !c.is_handshaking() {
@@ -108,9 +110,27 @@ impl Transport {
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-        Err(e) => return Err(e),
+        Err(e) => return Err(self.peer_alert(fd).unwrap_or(e)),
       }
     }
+  }
+
+  /// After the socket failed mid-handshake (EPIPE, ECONNRESET): the alert the peer sent before it hung
+  /// up, if it is still to be read. A peer that refuses our certificate sends its alert and closes; we
+  /// may be writing our next flight by then, and "broken pipe" would hide why it refused.
+  fn peer_alert(&mut self, fd: RawFd) -> Option<io::Error> {
+    let Transport::Tls(c) = self else { return None };
+    for _ in 0..8 {
+      match c.read_tls(&mut Fd(fd)) {
+        Ok(0) | Err(_) => return None,
+        Ok(_) => {
+          if let Err(e) = c.process_new_packets() {
+            return Some(tls_error(&e));
+          }
+        }
+      }
+    }
+    None
   }
 
   /// Still handshaking (TLS only).
