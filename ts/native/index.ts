@@ -552,10 +552,35 @@ type WithLiterals<T> = T extends unknown ? { [K in keyof T]: T[K] extends infer 
  */
 export type NativePageServerEvent = WithLiterals<Raw.PageServerEvent>;
 
+/** A run of the native page server's catalog: image addresses `start..end` are at `fileOffset..` of `images[imageId]`. */
+export interface CatalogRun {
+  start: bigint;
+  end: bigint;
+  imageId: number;
+  fileOffset: bigint;
+}
+
+/**
+ * Packs catalog runs as crates/uffd-native/src/pageserver/catalog.rs defines them: `CATALOG_RUN_WORDS` u64
+ * per run, start, end, imageId, fileOffset. The one packer.
+ */
+export function packCatalogRuns(runs: readonly CatalogRun[]): BigUint64Array {
+  const words = binding.CATALOG_RUN_WORDS;
+  const a = new BigUint64Array(runs.length * words);
+  runs.forEach((r, i) => {
+    const o = i * words;
+    a[o] = r.start;
+    a[o + 1] = r.end;
+    a[o + 2] = BigInt(r.imageId);
+    a[o + 3] = r.fileOffset;
+  });
+  return a;
+}
+
 /**
  * The native page server (plain TCP or TLS): one native thread serves every connection straight out of the
- * mmapped pages files. `catalog` gives, per image pid, its sorted runs as `[start, end, imageId, fileOffset]*`,
- * `images` the pages file of each imageId. Throws `ELISTEN` (naming address:port) when it cannot listen.
+ * mmapped pages files. `catalog` gives, per image pid, its sorted runs, `images` the pages file of each
+ * imageId. Throws `ELISTEN` (naming address:port) when it cannot listen.
  * Keeps Node alive until {@link NativePageServer.close}.
  */
 export class NativePageServer {
@@ -563,14 +588,15 @@ export class NativePageServer {
 
   static start(
     opts: NativePageServerOptions,
-    catalog: { pid: number; runs: BigUint64Array }[],
+    catalog: { pid: number; runs: readonly CatalogRun[] }[],
     images: string[],
     onEvents: (events: NativePageServerEvent[]) => void,
   ): NativePageServer {
     const deliver = (batch: NativePageServerEvent[]) => {
       if (batch.length > 0) onEvents(batch);
     };
-    const raw = call(() => binding.NativePageServer.start({ ...opts }, catalog, images, deliver));
+    const packed = catalog.map(({ pid, runs }) => ({ pid, runs: packCatalogRuns(runs) }));
+    const raw = call(() => binding.NativePageServer.start({ ...opts }, packed, images, deliver));
     return new NativePageServer(raw, onEvents);
   }
 

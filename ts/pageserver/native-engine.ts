@@ -4,7 +4,7 @@
  * waits for Node's event loop.
  */
 import { Catalog } from './catalog.js';
-import { NativePageServer, type NativePageServerEvent, type TlsFiles } from '../native/index.js';
+import { NativePageServer, type CatalogRun, type NativePageServerEvent, type TlsFiles } from '../native/index.js';
 import type { PageServerEvent } from './events.js';
 import type { PageServer } from './handle.js';
 
@@ -24,8 +24,8 @@ export interface NativeEngineOptions {
   emit: (e: PageServerEvent) => void;
 }
 
-/** The native catalog: per pid, sorted `[start, end, imageId, fileOffset]*` runs, and the file of each imageId. */
-async function nativeCatalog(imagesDir: string): Promise<{ pids: { pid: number; runs: BigUint64Array }[]; files: string[] }> {
+/** The native catalog: per pid, its sorted runs, and the file of each imageId. */
+async function nativeCatalog(imagesDir: string): Promise<{ pids: { pid: number; runs: CatalogRun[] }[]; files: string[] }> {
   const cat = await Catalog.open(imagesDir);
   const files: string[] = [];
   const ids = new Map<string, number>();
@@ -38,8 +38,7 @@ async function nativeCatalog(imagesDir: string): Promise<{ pids: { pid: number; 
     return id;
   };
   const pids = cat.pids.map((pid) => {
-    const words = cat.runs(pid).flatMap((r) => [r.start, r.end, BigInt(idOf(r.file)), r.offset]);
-    return { pid, runs: BigUint64Array.from(words) };
+    return { pid, runs: cat.runs(pid).map((r) => ({ start: r.start, end: r.end, imageId: idOf(r.file), fileOffset: r.offset })) };
   });
   return { pids, files };
 }

@@ -8,6 +8,13 @@ use crate::image::PageImage;
 
 const PAGE: u64 = 4096;
 
+/// The packed layout JS hands over (`NativePageServer.start`): per pid a `BigUint64Array` of
+/// `CATALOG_RUN_WORDS` words per run, `start, end, imageId, fileOffset`. Exported, so the facade's
+/// packer (ts/native `packCatalogRuns`) writes this layout from here, the one definition.
+#[napi_derive::napi]
+pub const CATALOG_RUN_WORDS: u32 = 4;
+const WORDS: usize = CATALOG_RUN_WORDS as usize;
+
 /// A contiguous run: image addresses `start..end` are at `offset..` of image `image`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Run {
@@ -33,11 +40,11 @@ impl Catalog {
   /// Adds the runs of `pid` from `[start, end, imageId, fileOffset]*` words. Errors name the pid and run
   /// index: a bad table is a programming error in the caller, but must not turn into a wrong page served.
   pub fn add_pid(&mut self, pid: u32, words: &[u64]) -> Result<(), String> {
-    if !words.len().is_multiple_of(4) {
-      return Err(format!("catalog of pid {pid}: {} words is not a whole number of 4-word runs", words.len()));
+    if !words.len().is_multiple_of(WORDS) {
+      return Err(format!("catalog of pid {pid}: {} words is not a whole number of {WORDS}-word runs", words.len()));
     }
-    let mut runs = Vec::with_capacity(words.len() / 4);
-    for (i, w) in words.chunks_exact(4).enumerate() {
+    let mut runs = Vec::with_capacity(words.len() / WORDS);
+    for (i, w) in words.chunks_exact(WORDS).enumerate() {
       let r = Run { start: w[0], end: w[1], image: w[2] as usize, offset: w[3] };
       if r.start >= r.end || !r.start.is_multiple_of(PAGE) || !r.end.is_multiple_of(PAGE) {
         return Err(format!(
