@@ -673,15 +673,6 @@ impl State {
   }
 }
 
-fn epoll_add(ep: RawFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-  let mut ev = libc::epoll_event { events, u64: token };
-  // SAFETY: `ev` is valid for the call; both fds are open.
-  if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
-    return Err(io::Error::last_os_error());
-  }
-  Ok(())
-}
-
 /// Serves the daemon on `sock` until it is gone; `daemon` is its pidfd (None: end of file on the
 /// socket is the only sign). Returns the exit code.
 pub fn run(sock: OwnedFd, daemon: Option<OwnedFd>) -> i32 {
@@ -689,42 +680,37 @@ pub fn run(sock: OwnedFd, daemon: Option<OwnedFd>) -> i32 {
   if let Err(e) = wire::send(sock.as_raw_fd(), &Msg::new(Kind::Ready), &[]) {
     log(&format!("cannot reach the daemon: {e}"));
   }
-  // SAFETY: epoll_create1 with a flag; checked.
-  let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-  if ep < 0 {
-    log(&format!("epoll_create1 failed: {}", io::Error::last_os_error()));
-    // Without a poller, block on the socket alone: end of file still means the daemon is gone.
-    return run_blocking(sock);
-  }
-  // SAFETY: fresh fd owned by nobody else.
-  let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+  let poller = match lazy_pages_poller::Poller::new() {
+    Ok(p) => p,
+    Err(e) => {
+      log(&format!("epoll_create1 failed: {e}"));
+      // Without a poller, block on the socket alone: end of file still means the daemon is gone.
+      return run_blocking(sock);
+    }
+  };
   let s = sock.as_raw_fd();
-  if let Err(e) = epoll_add(ep.as_raw_fd(), s, (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, 0) {
+  if let Err(e) = poller.add(s, (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, 0) {
     log(&format!("cannot watch the daemon's socket: {e}"));
     return run_blocking(sock);
   }
   let mut daemon_pid = None;
   if let Some(d) = &daemon {
     daemon_pid = procfs::pidfd_pid(d.as_raw_fd());
-    if let Err(e) = epoll_add(ep.as_raw_fd(), d.as_raw_fd(), libc::EPOLLIN as u32, 1) {
+    if let Err(e) = poller.add(d.as_raw_fd(), libc::EPOLLIN as u32, 1) {
       log(&format!("cannot watch the daemon's pidfd ({e}); watching its socket only"));
     }
   }
   let who = daemon_pid.map_or_else(|| "the daemon".to_string(), |p| format!("the daemon (pid {p})"));
   let mut st = State { born: procfs::self_start_ticks(), ..State::default() };
-  // SAFETY: zero is a valid epoll_event.
-  let mut evs: [libc::epoll_event; 4] = unsafe { std::mem::zeroed() };
+  let mut evs = [lazy_pages_poller::EMPTY; 4];
   loop {
-    // SAFETY: `evs` is a valid buffer of 4 events.
-    let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), evs.as_mut_ptr(), 4, -1) };
-    if n < 0 {
-      if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-        continue;
+    let died = match poller.wait(&mut evs, -1) {
+      Ok(ready) => ready.iter().any(|e| e.u64 == 1),
+      Err(e) => {
+        log(&format!("epoll_wait failed: {e}"));
+        return run_blocking_state(sock, st, &who);
       }
-      log(&format!("epoll_wait failed: {}", io::Error::last_os_error()));
-      return run_blocking_state(sock, st, &who);
-    }
-    let died = evs.iter().take(n as usize).any(|e| e.u64 == 1);
+    };
     // Whatever woke us, every message queued before it counts: read them all first. When the
     // daemon's pidfd is readable its fds are already closed (exit_files precedes the exit
     // notification), so the queue is complete.

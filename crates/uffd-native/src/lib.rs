@@ -14,7 +14,7 @@ pub mod pageclient;
 pub mod pagefetch;
 pub mod pageserver;
 pub mod pagewire;
-pub mod poller;
+pub use lazy_pages_poller as poller;
 pub mod table;
 pub mod tls;
 pub mod transport;

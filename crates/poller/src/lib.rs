@@ -1,7 +1,8 @@
 //! The one way our native threads wait: a [`Poller`] (an epoll instance) that reports the fds a thread
 //! watches by token, and a [`Waker`] (an eventfd) that other threads write to wake it (new commands,
-//! close). Used by every native thread: the fault event loop and its page-server client, the hand-over
-//! listener and the page server.
+//! close). Used by every native thread that waits on several fds: the fault event loop and its
+//! page-server client, the hand-over listener and the page server (uffd-native), and the guardian
+//! process (crates/guardian). A crate of its own so that both can use it.
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
