@@ -143,7 +143,7 @@ class Daemon implements LazyPagesDaemon, DaemonContext {
     this.local = new LocalPages(host, this.images);
     this.background = new BackgroundPump(this, backgroundSettings(opts), this.outcomes, this.local, this.remote);
     this.handover = new HandoverHandling(this, this.kills, this.outcomes, this.background, () => this.restoreFinished());
-    this.nativeEvents = new NativeEvents(this, this.requests, this.outcomes, this.kills, this.remote);
+    this.nativeEvents = new NativeEvents(this, this.requests, this.outcomes, this.kills);
     this.loop.setPieceBytes(opts.pieceBytes ?? 64 << 10);
   }
 

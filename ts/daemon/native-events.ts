@@ -14,7 +14,6 @@ import type { Kills } from './kills.js';
 import type { Outcomes } from './outcomes.js';
 import type { ProcessState } from './process-state.js';
 import type { Requests } from './requests.js';
-import type { RemoteTransport } from './transport/remote.js';
 
 export class NativeEvents {
   constructor(
@@ -22,7 +21,6 @@ export class NativeEvents {
     private readonly requests: Requests,
     private readonly outcomes: Outcomes,
     private readonly kills: Kills,
-    private readonly remote: RemoteTransport | undefined,
   ) {}
 
   dispatch(batch: NativeEvent[]): void {
@@ -68,9 +66,10 @@ export class NativeEvents {
           break;
         }
         case 'pagefault':
-          // Only faults in remote ranges with no page-server client in the loop are forwarded (the
-          // native client serves them, TLS included): the transport decides.
-          this.remote?.fault(st, ev.address);
+          // The native core forwards a fault only when it has no page-server client for a remote range;
+          // the daemon connects one before anything is handed over, so nobody here could serve it. A
+          // thread left waiting would hang for ever: the process is lost (killed), and says why.
+          this.outcomes.lose(st, `native core: a fault at 0x${ev.address.toString(16)} of a remote range was forwarded, but no page-server client serves it`);
           break;
         case 'fork': {
           st.eventsApplied++;

@@ -21,10 +21,6 @@ export class NativeRemote implements RemoteTransport {
     this.host.loop.fetch(st.procId, reqId, st.gen, st.pid, c.image, c.pages, c.live);
   }
 
-  fault(): void {
-    // Never forwarded: the native client fetches a fault's page itself.
-  }
-
   close(): void {
     // The session ends with the loop (EventLoop.close).
   }

@@ -24,8 +24,6 @@ export interface RemoteTransport {
    * request is counted in `st.inflightPriority` here too, since its completion uncounts it.
    */
   background(st: ProcessState, chunk: BackgroundChunk, priority: boolean): void;
-  /** A fault in a remote range, forwarded by the native core when it has no page-server client of its own. */
-  fault(st: ProcessState, address: bigint): void;
   /** The daemon is shutting down: end the session (best effort). */
   close(): void;
 }
