@@ -114,6 +114,11 @@ export class Floor {
    * so a 64 MiB floor against a 1 GiB drain would not be a fair ratio).
    */
   bulk(bytes = 64 << 20): number {
+    return this.bulkRun(bytes).gbs;
+  }
+
+  /** One bulk run (as `bulk`): its rate and how long the copy took. */
+  bulkRun(bytes: number): { gbs: number; seconds: number } {
     const pages = Math.floor(bytes / 4096);
     const img = this.image(pages);
     const out = execFileSync(this.bin, ['run', '-t', 'bulk', '-H', 'proc', '-c', '2097152', '-n', '1', '-N', String(pages), '-i', img], {
@@ -121,18 +126,14 @@ export class Floor {
       stdio: ['ignore', 'pipe', 'pipe'],
       timeout: 120_000,
     });
-    const m = / gbs=([\d.]+)/.exec(out);
-    if (!m) throw new Error(`floor bulk printed no rate: ${out}`);
-    return Number(m[1]);
-  }
-
-  /** The built floor. */
-  get binary(): string {
-    return this.bin;
+    const gbs = / gbs=([\d.]+)/.exec(out);
+    const ms = / bulk_ms=([\d.]+)/.exec(out);
+    if (!gbs || !ms) throw new Error(`floor bulk printed no rate: ${out}`);
+    return { gbs: Number(gbs[1]), seconds: Number(ms[1]) / 1000 };
   }
 
   /** A page image of `pages` pages for `floor run -N pages` (generated once). */
-  image(pages: number): string {
+  private image(pages: number): string {
     const img = join(this.dir, `floor-pages-${pages}.img`);
     if (!existsSync(img)) execFileSync(this.bin, ['gen', '-N', String(pages), '-i', img], { stdio: 'pipe' });
     return img;

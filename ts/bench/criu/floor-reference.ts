@@ -49,29 +49,22 @@ export class FloorReference {
 
   sample(node: string, oursBin: string): FloorSample {
     const lat = this.floor.latency('rand');
-    const pages = Math.floor(this.bytes / 4096);
+    const copy = this.floor.bulkRun(this.bytes);
+    return { faultP50Us: lat.p50, faultP99Us: lat.p99, copyS: copy.seconds, nodeStartCpuS: this.cpuOf([node, oursBin, '--version']), latUs: lat.samplesUs };
+  }
+
+  /** CPU (user + sys, s) of running `cmd` to its end, from the rusage wrapper. */
+  private cpuOf(cmd: string[]): number {
     const usage = join(this.dir, 'floor.rusage');
-    const cpuOf = (cmd: string[]): { out: string; cpuS: number } => {
-      rmSync(usage, { force: true });
-      const out = execFileSync(this.rusage, [usage, ...cmd], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 });
-      const rec = Object.fromEntries(
-        readFileSync(usage, 'utf8')
-          .trim()
-          .split(/\s+/)
-          .map((kv) => kv.split('=') as [string, string]),
-      );
-      return { out, cpuS: (Number(rec.utime_us) + Number(rec.stime_us)) / 1e6 };
-    };
-    const img = this.floor.image(pages);
-    const out = execFileSync(this.floor.binary, ['run', '-t', 'bulk', '-H', 'proc', '-c', '2097152', '-n', '1', '-N', String(pages), '-i', img], {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-      timeout: 120_000,
-    });
-    const ms = / bulk_ms=([\d.]+)/.exec(out);
-    if (!ms) throw new Error(`floor bulk printed no time: ${out}`);
-    const start = cpuOf([node, oursBin, '--version']);
-    return { faultP50Us: lat.p50, faultP99Us: lat.p99, copyS: Number(ms[1]) / 1000, nodeStartCpuS: start.cpuS, latUs: lat.samplesUs };
+    rmSync(usage, { force: true });
+    execFileSync(this.rusage, [usage, ...cmd], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 120_000 });
+    const rec = Object.fromEntries(
+      readFileSync(usage, 'utf8')
+        .trim()
+        .split(/\s+/)
+        .map((kv) => kv.split('=') as [string, string]),
+    );
+    return (Number(rec.utime_us) + Number(rec.stime_us)) / 1e6;
   }
 
   cleanup(): void {
