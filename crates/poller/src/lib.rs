@@ -68,6 +68,17 @@ impl Poller {
   }
 }
 
+/// Waits (poll(2)) until `fd` is readable, or writable too when `writable`, for at most `timeout`
+/// (at least 1 ms): true if it is (or a signal came), false when the time ran out first. For a thread
+/// that waits on one fd only, where an epoll instance would be more than the wait.
+pub fn wait_fd(fd: RawFd, writable: bool, timeout: std::time::Duration) -> bool {
+  let events = libc::POLLIN | if writable { libc::POLLOUT } else { 0 };
+  let mut pfd = libc::pollfd { fd, events, revents: 0 };
+  // SAFETY: one valid pollfd for the duration of the call.
+  let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().clamp(1, i32::MAX as u128) as i32) };
+  n > 0 || (n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted)
+}
+
 /// An eventfd another thread writes to wake the thread polling it (watch [`Waker::fd`] with a token).
 pub struct Waker {
   fd: OwnedFd,

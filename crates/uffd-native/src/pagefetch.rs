@@ -112,10 +112,7 @@ impl Fetcher {
       if !self.client.buffered() {
         let wait =
           self.client.deadline().map_or(Duration::from_millis(50), |d| d.saturating_duration_since(Instant::now()));
-        let out_ev = if self.client.wants_write() { libc::POLLOUT } else { 0 };
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN | out_ev, revents: 0 };
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut pfd, 1, wait.as_millis().clamp(1, 1000) as i32) };
+        crate::poller::wait_fd(fd, self.client.wants_write(), wait.min(Duration::from_secs(1)));
       }
       let mut done = Vec::new();
       let mut fetched = Vec::new();

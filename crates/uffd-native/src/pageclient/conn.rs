@@ -43,16 +43,10 @@ fn tcp(name: &str, address: &str, port: u16, timeout: Duration) -> Result<OwnedF
   Err(ConnectError::Connect(name.into(), last))
 }
 
-/// Waits (poll) until `fd` is readable, or writable too when `out`: false when the deadline passed first.
+/// Waits until `fd` is readable, or writable too when `out`: false when the deadline passed first.
 fn wait(fd: RawFd, out: bool, deadline: Instant) -> bool {
   let left = deadline.saturating_duration_since(Instant::now());
-  if left.is_zero() {
-    return false;
-  }
-  let mut pfd = libc::pollfd { fd, events: libc::POLLIN | if out { libc::POLLOUT } else { 0 }, revents: 0 };
-  // SAFETY: one valid pollfd for the duration of the call.
-  let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, i32::MAX as u128) as i32) };
-  n > 0 || (n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted)
+  !left.is_zero() && crate::poller::wait_fd(fd, out, left)
 }
 
 /// The name the server certificate is checked against: the address dialled, as an IP address (IPv6
